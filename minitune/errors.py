@@ -1,0 +1,21 @@
+"""The project's exceptions: one small hierarchy, so callers can catch `MinituneError`."""
+
+
+class MinituneError(Exception):
+    """Base class of every error minitune raises on purpose."""
+
+
+class ConfigError(MinituneError, ValueError):
+    """A setting is out of range or inconsistent; the message names the field and what is allowed."""
+
+
+class DataError(MinituneError):
+    """A corpus, dataset or batch cannot be used (missing, empty, unreadable, malformed)."""
+
+
+class CheckpointError(MinituneError):
+    """A saved model or run cannot be read, or does not fit the model it is loaded into."""
+
+
+class TokenizerError(MinituneError):
+    """A tokenizer cannot be built or loaded."""
