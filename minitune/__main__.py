@@ -1,0 +1,5 @@
+import sys
+
+from minitune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""GPT-2 model: shapes, causality, parameter count, KV cache, the embedding seam, bad input."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minitune.errors import ConfigError
+from minitune.model import GPT, GPTConfig, PRESETS, count_parameters
+
+
+def nano(**kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("nano", **kw)).eval()
+
+
+def test_shapes_and_gpt2_names():
+    model = nano()
+    idx = torch.randint(0, 2048, (3, 17))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 17, 2048) and loss is None
+    names = set(dict(model.named_parameters()))
+    for n in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.ln_1.weight",
+              "transformer.h.1.attn.c_attn.weight", "transformer.h.1.attn.c_proj.bias",
+              "transformer.h.0.ln_2.bias", "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight",
+              "transformer.ln_f.weight"]:
+        assert n in names
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied
+    assert isinstance(model.transformer.h[0].attn.c_attn, torch.nn.Linear)
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (3 * 32, 32)
+
+
+def test_future_tokens_never_change_earlier_logits():
+    model = nano()
+    idx = torch.randint(0, 2048, (2, 20))
+    logits, _ = model(idx)
+    changed = idx.clone()
+    changed[:, 12:] = torch.randint(0, 2048, (2, 8))
+    logits2, _ = model(changed)
+    assert torch.equal(logits[:, :12], logits2[:, :12])
+    assert not torch.allclose(logits[:, 12:], logits2[:, 12:])
+
+
+@settings(max_examples=25, deadline=None)
+@given(layers=st.integers(1, 3), heads=st.integers(1, 4), head_size=st.integers(1, 8),
+       vocab=st.integers(1, 300), block=st.integers(1, 64), bias=st.booleans())
+def test_parameter_count_matches_closed_form(layers, heads, head_size, vocab, block, bias):
+    config = GPTConfig(vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads,
+                       n_embd=heads * head_size, bias=bias)
+    assert GPT(config).num_parameters() == count_parameters(config)
+
+
+def test_tiny_preset_is_about_a_million_parameters():
+    assert 0.8e6 < count_parameters(GPTConfig.from_preset("tiny")) < 1.5e6
+
+
+def test_residual_projections_scaled_at_init():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, block_size=16, n_layer=8, n_head=4, n_embd=256))
+    std_proj = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    std_fc = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert std_fc == pytest.approx(0.02, rel=0.05)
+    assert std_proj == pytest.approx(0.02 / 4, rel=0.05)  # 1/sqrt(2 * 8)
+
+
+def test_loss_ignores_masked_targets():
+    model = nano()
+    idx = torch.randint(0, 2048, (2, 10))
+    targets = torch.randint(0, 2048, (2, 10))
+    masked = targets.clone()
+    masked[:, :6] = -100
+    logits, loss = model(idx, masked)
+    expected = torch.nn.functional.cross_entropy(logits[:, 6:].reshape(-1, 2048), targets[:, 6:].reshape(-1))
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_forward_embeddings_is_the_same_model():
+    model = nano()
+    idx = torch.randint(0, 2048, (2, 9))
+    assert torch.equal(model(idx)[0], model.forward_embeddings(model.transformer.wte(idx))[0])
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), prompt_len=st.integers(1, 20), temperature=st.sampled_from([0.0, 0.8]))
+def test_kv_cache_generation_equals_uncached(seed, prompt_len, temperature):
+    model = nano()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 2048, (2, prompt_len), generator=g)
+    outs = []
+    for use_cache in (True, False):
+        gen = torch.Generator().manual_seed(seed)
+        outs.append(model.generate(idx, 30, temperature=temperature, top_k=50, use_cache=use_cache, generator=gen))
+    assert outs[0].shape == (2, prompt_len + 30)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_generation_with_prefix_embeddings_matches_cached_and_uncached():
+    model = nano()
+    prefix = torch.randn(5, 32) * 0.1
+    idx = torch.randint(0, 2048, (1, 4))
+    a = model.generate(idx, 12, prefix_embeddings=prefix)
+    b = model.generate(idx, 12, prefix_embeddings=prefix, use_cache=False)
+    assert torch.equal(a, b) and a.shape == (1, 16)
+
+
+def test_generation_stops_at_stop_token_and_at_full_context():
+    model = nano()
+    idx = torch.randint(0, 2048, (1, 5))
+    free = model.generate(idx, 10)
+    stop = int(free[0, 7])  # the third generated token
+    stopped = model.generate(idx, 10, stop_tokens=[stop])
+    assert stopped.size(1) <= 8 and int(stopped[0, -1]) == stop
+    full = model.generate(idx, 1000)
+    assert full.size(1) == model.config.block_size
+
+
+def test_bad_config_and_inputs_raise_clear_errors():
+    with pytest.raises(ConfigError, match="n_embd.*divisible by n_head"):
+        GPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        GPTConfig.from_preset("huge")
+    with pytest.raises(ConfigError, match="n_layer"):
+        GPTConfig(n_layer=0)
+    model = nano()
+    with pytest.raises(ConfigError, match="longer than block_size"):
+        model(torch.zeros(1, PRESETS["nano"]["block_size"] + 1, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"token id 2048 is outside the vocabulary.*\[0, 2047\]"):
+        model(torch.tensor([[1, 2048]]))
+    with pytest.raises(ConfigError, match="outside the vocabulary"):
+        model(torch.tensor([[-1]]))
+    with pytest.raises(ConfigError, match="prompt of"):
+        model.generate(torch.zeros(1, 65, dtype=torch.long), 1)

@@ -1,0 +1,112 @@
+"""The training loop: loss falls, runs reproduce, settings are validated, only trainable parameters move."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from minitune.checkpoint import load_model, save_model
+from minitune.data.batches import TokenStream
+from minitune.errors import ConfigError, DataError
+from minitune.model import GPT, GPTConfig
+from minitune.train import TrainConfig, lr_at, make_optimizer, train
+
+
+def tiny_stream(seed=0) -> TokenStream:
+    # a repeating pattern a model can learn within a few steps
+    pattern = np.array([5, 9, 2, 7, 7, 1, 3, 8] * 200, dtype=np.uint16)
+    return TokenStream(pattern, block_size=16, batch_size=8, seed=seed, max_eval_batches=4)
+
+
+def nano_model(seed=0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=16, block_size=16, n_layer=1, n_head=2, n_embd=16))
+
+
+def test_a_few_steps_reduce_loss(tmp_path):
+    model = nano_model()
+    data = tiny_stream()
+    cfg = TrainConfig(max_steps=40, lr=1e-2, warmup_steps=5, eval_every=20, log_every=10, device="cpu", quiet=True)
+    result = train(model, data, data, cfg, out_dir=tmp_path, save=save_model)
+    assert result.history[0]["val_loss"] < np.log(16)  # better than uniform after 20 steps
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [20, 40]
+    reloaded, _ = load_model(tmp_path / "last")
+    assert torch.equal(reloaded.transformer.wte.weight, model.transformer.wte.weight)
+    assert (tmp_path / "best" / "model.safetensors").is_file()
+
+
+def test_same_seed_same_weights():
+    cfg = TrainConfig(max_steps=5, lr=1e-2, warmup_steps=1, device="cpu", quiet=True)
+    a, b = nano_model(), nano_model()
+    train(a, tiny_stream(), None, cfg)
+    train(b, tiny_stream(), None, cfg)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_gradient_accumulation_matches_a_bigger_batch():
+    """Two micro-batches of 4 give the same update as one batch of 8 holding the same windows."""
+    class Fixed:
+        def __init__(self, xs, ys):
+            self.xs, self.ys = xs, ys
+
+        def batch(self, i):
+            return self.xs[i], self.ys[i]
+
+    x, y = tiny_stream().batch(0)
+    big = Fixed([x], [y])
+    small = Fixed([x[:4], x[4:]], [y[:4], y[4:]])
+    a, b = nano_model(), nano_model()
+    train(a, big, None, TrainConfig(max_steps=1, warmup_steps=0, device="cpu", quiet=True))
+    train(b, small, None, TrainConfig(max_steps=1, warmup_steps=0, grad_accum=2, device="cpu", quiet=True))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_frozen_parameters_are_untouched_and_not_in_the_optimizer():
+    model = nano_model()
+    for name, p in model.named_parameters():
+        p.requires_grad = "mlp" in name
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in model.parameters() if p.requires_grad}
+    train(model, tiny_stream(), None, TrainConfig(max_steps=3, warmup_steps=0, device="cpu", quiet=True))
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+
+
+def test_no_weight_decay_on_biases_norms_and_embeddings():
+    model = nano_model()
+    decay, rest = make_optimizer(model, TrainConfig(), torch.device("cpu")).param_groups
+    decayed = {id(p) for p in decay["params"]}
+    for name, p in model.named_parameters():
+        expect = name.endswith(".weight") and ("c_attn" in name or "c_proj" in name or "c_fc" in name)
+        assert (id(p) in decayed) == expect, name
+    assert rest["weight_decay"] == 0.0
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(max_steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx(5.5e-4)
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+    lrs = [lr_at(s, cfg) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("field,value", [("lr", 0), ("lr", 5.0), ("max_steps", 0), ("grad_accum", 0),
+                                         ("warmup_steps", -1), ("device", "tpu9")])
+def test_bad_settings_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field if field != "device" else "device"):
+        TrainConfig(**{field: value})
+
+
+def test_a_corpus_too_short_for_one_window():
+    with pytest.raises(DataError, match="too few"):
+        TokenStream(np.arange(10, dtype=np.uint16), block_size=16, batch_size=2)
