@@ -1,0 +1,152 @@
+"""Fine-tuning strategies, applied to a built (or loaded) GPT from outside, and the helpers they share.
+
+    model = apply_strategy(load_base(), LoRAConfig(r=8))   # freeze, add, return ready to train
+    print(trainable_report(model))                          # trainable params: ... || all params: ...
+    train(model, ...)                                       # the one training loop
+    save_trainable(model, "runs/sentiment-lora")            # only the trainable tensors + the config
+    model = load_trainable(load_base(), "runs/sentiment-lora")
+
+Trainable tensors are recognisable by name (`lora_`, `adapter`, `soft_prompt`; under full fine-tuning,
+all of them), so counting, saving and loading are written once, here, for every strategy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from minitune.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
+from minitune.errors import CheckpointError, ConfigError
+from minitune.strategies import adapter, full, lora, prompt
+from minitune.strategies.adapter import AdapterConfig
+from minitune.strategies.full import FullConfig
+from minitune.strategies.lora import LoRAConfig, merge, unmerge
+from minitune.strategies.prompt import PromptTuningConfig
+
+STRATEGIES = {
+    FullConfig.name: (FullConfig, full.apply),
+    LoRAConfig.name: (LoRAConfig, lora.apply),
+    AdapterConfig.name: (AdapterConfig, adapter.apply),
+    PromptTuningConfig.name: (PromptTuningConfig, prompt.apply),
+}
+WEIGHTS = "trainable.safetensors"
+CONFIG = "strategy.json"
+
+
+def apply_strategy(model: nn.Module, config) -> nn.Module:
+    """Freeze what the strategy freezes, add what it adds; returns the model to train.
+
+    A model takes one strategy: applying a second on top (LoRA over adapters, say) is refused, since
+    saving, merging and counting would no longer say which part belongs to which.
+    """
+    if getattr(model, "strategy", None) is not None:
+        raise ConfigError(
+            f"this model already has the {model.strategy.name!r} strategy applied; apply a strategy to a "
+            "fresh base (load_base) instead"
+        )
+    for cls, fn in STRATEGIES.values():
+        if isinstance(config, cls):
+            model = fn(model, config)
+            model.strategy = config
+            return model
+    raise ConfigError(f"unknown strategy config {type(config).__name__}; use one of "
+                      f"{[cls.__name__ for cls, _ in STRATEGIES.values()]}")
+
+
+def config_from_dict(name: str, fields: dict):
+    """Rebuild a strategy config from its saved name and fields."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
+    cls = STRATEGIES[name][0]
+    if "targets" in fields:
+        fields = {**fields, "targets": tuple(fields["targets"])}
+    return cls(**fields)
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a tied tensor counts once."""
+    params = list(model.parameters())  # parameters() yields each tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trainable_report(model: nn.Module) -> str:
+    """The familiar one-line summary of what trains."""
+    trainable, total = trainable_parameters(model)
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.2f}"
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors, by name."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: nn.Module, path: str | Path) -> Path:
+    """Write the trainable tensors (safetensors) and the strategy config (JSON) to the folder path."""
+    config = getattr(model, "strategy", None)
+    if config is None:
+        raise ConfigError("the model has no strategy applied (use apply_strategy first)")
+    path = Path(path)
+    state = trainable_state(model)
+    save_tensors(path / WEIGHTS, state)
+    atomic_write_json(path / CONFIG, {
+        "strategy": config.name, "config": asdict(config), "base": model.config.to_dict(),
+        "tensors": {n: list(t.shape) for n, t in state.items()},
+    })
+    return path
+
+
+def load_trainable(model: nn.Module, path: str | Path) -> nn.Module:
+    """Restore a saved strategy onto `model` and return it.
+
+    `model` is either a fresh base (the strategy is applied first) or a model that already carries the
+    same strategy config (its trainable tensors are swapped: one frozen base, several task adapters).
+    Everything is checked before the model is touched, so a failed load leaves it as it was.
+    """
+    path = Path(path)
+    meta = read_json(path / CONFIG)
+    try:
+        config = config_from_dict(meta["strategy"], meta["config"])
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path / CONFIG} holds no valid strategy: {e}") from e
+    if meta.get("base") != model.config.to_dict():
+        diff = {k: (v, model.config.to_dict().get(k)) for k, v in (meta.get("base") or {}).items()
+                if model.config.to_dict().get(k) != v}
+        raise CheckpointError(f"{path} was trained on another base; differing config (saved, this model): {diff}")
+    current = getattr(model, "strategy", None)
+    if current is not None and current != config:
+        raise CheckpointError(f"{path} holds {config!r}, but the model carries {current!r}")
+    tensors = load_tensors(path / WEIGHTS)
+    # Check names and shapes against a copy with the strategy applied, so `model` is untouched on failure.
+    probe = model if current is not None else apply_strategy(copy.deepcopy(model), config)
+    _check_fits(trainable_state(probe), tensors, path / WEIGHTS)
+    if current is None:
+        model = apply_strategy(model, config)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t)
+    return model
+
+
+def _check_fits(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], file: Path) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{n}: saved {list(tensors[n].shape)}, model {list(expected[n].shape)}"
+             for n in sorted(set(expected) & set(tensors)) if tensors[n].shape != expected[n].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{file} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]}"
+        )
+
+
+__all__ = [
+    "AdapterConfig", "FullConfig", "LoRAConfig", "PromptTuningConfig", "STRATEGIES", "apply_strategy",
+    "config_from_dict", "load_trainable", "merge", "save_trainable", "trainable_parameters",
+    "trainable_report", "trainable_state", "unmerge",
+]

@@ -1,0 +1,170 @@
+"""LoRA: low-rank adaptation (Hu et al., 2021).
+
+A frozen weight W (out x in) gets a trainable update of rank at most r, kept as two thin factors:
+
+    y = W x + b + s * B (A dropout(x))         A: [r, in]   B: [out, r]   s = alpha / r
+                                                                        (rsLoRA: s = alpha / sqrt(r))
+          x ──┬──────── W ─────────┐
+              └─ drop ─ A ─ B ─ *s ┴─(+)── y
+
+    trainable per adapted layer:  r * (in + out)        (W has in * out)
+    initialisation:  A ~ Kaiming-uniform (as nn.Linear), B = 0, so B A = 0 and the model starts as the
+                     base; the first step moves B only (A's gradient is B^T(...) = 0), then both.
+
+The layer keeps the plain layer's `weight` and `bias` names, so a base checkpoint loads into a LoRA
+model unchanged and the trainable part is exactly the `lora_` tensors. W + s B A is never formed while
+training (that would cost a full out x in matrix per step); `merge` folds it into W once for inference,
+and `unmerge` takes it out again. Both use the one formula `delta_weight`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minitune.errors import ConfigError
+
+
+@dataclass
+class LoRAConfig:
+    """Rank r, scale alpha, dropout on the LoRA path, which linear layers to adapt, rsLoRA scaling, A's init."""
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("c_attn",)
+    rslora: bool = False
+    init: str = "kaiming"  # or "gaussian" (A ~ N(0, 1/r))
+    name: ClassVar[str] = "lora"
+
+    def __post_init__(self) -> None:
+        self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ConfigError(f"LoRAConfig.r must be a positive integer, got {self.r!r}")
+        if not self.alpha > 0:
+            raise ConfigError(f"LoRAConfig.alpha must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.targets:
+            raise ConfigError("LoRAConfig.targets must name at least one layer, e.g. ('c_attn',)")
+        if self.init not in ("kaiming", "gaussian"):
+            raise ConfigError(f"LoRAConfig.init must be 'kaiming' or 'gaussian', got {self.init!r}")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update s * B A."""
+
+    def __init__(self, base: nn.Linear, r: int, scaling: float, dropout: float = 0.0, init: str = "kaiming"):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight  # the same Parameter objects: nothing copied, names kept
+        self.bias = base.bias
+        self.weight.requires_grad = False
+        if self.bias is not None:
+            self.bias.requires_grad = False
+        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **factory))
+        if init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # what nn.Linear uses for its weight
+        else:
+            nn.init.normal_(self.lora_A, std=1 / r)
+        self.lora_dropout = nn.Dropout(dropout)
+        self.scaling = scaling
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        """s * B A, shaped like W (out, in): the one formula behind merge, unmerge and export."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return y
+        # (..., in) -> (..., r) -> (..., out): two thin matmuls beside the frozen one
+        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight -= self.delta_weight()
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.size(0)}, scaling={self.scaling:g}"
+
+
+def adaptable_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The transformer blocks' linear layers, by full name (e.g. transformer.h.0.attn.c_attn)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".h." in f".{n}"}
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """Freeze the model and wrap every linear layer named by config.targets in a LoRALinear."""
+    layers = adaptable_layers(model)
+    for target in config.targets:
+        if not any(_matches(n, target) for n in layers):
+            known = sorted({".".join(n.split(".")[-2:]) for n in layers})
+            raise ConfigError(f"LoRAConfig.targets entry {target!r} matches no layer; layers are {known}")
+    chosen = {n: m for n, m in layers.items() if any(_matches(n, t) for t in config.targets)}
+    for name, layer in chosen.items():
+        if config.r > min(layer.in_features, layer.out_features):
+            raise ConfigError(
+                f"LoRAConfig.r ({config.r}) must be at most min(in, out) = "
+                f"{min(layer.in_features, layer.out_features)} for {name}"
+            )
+    for p in model.parameters():
+        p.requires_grad = False
+    for name, layer in chosen.items():
+        parent_name, _, child = name.rpartition(".")
+        lora = LoRALinear(layer, config.r, config.scaling, config.dropout, config.init)
+        setattr(model.get_submodule(parent_name), child, lora)
+    return model
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Every LoRALinear in the model, by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold s B A into W in every LoRA layer: inference then costs exactly what the base costs."""
+    for layer in lora_layers(model).values():
+        layer.merge()
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Take s B A back out of W (W returns to the base's values, up to float rounding)."""
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+    return model
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base's state dict with every update folded in and no lora_ tensors: loads into a plain GPT."""
+    layers = lora_layers(model)
+    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
+    for name, layer in layers.items():
+        if not layer.merged:
+            state[f"{name}.weight"] = layer.weight + layer.delta_weight().detach()
+    return state
