@@ -19,3 +19,7 @@ class CheckpointError(MinituneError):
 
 class TokenizerError(MinituneError):
     """A tokenizer cannot be built or loaded."""
+
+
+class UnsafeCodeError(MinituneError):
+    """Code refused by the restricted evaluator (minitune.sandbox); the message says what and where."""

@@ -16,12 +16,12 @@ from minitune.data.batches import TokenStream, encode_documents
 from minitune.errors import ConfigError
 from minitune.model import GPT, GPTConfig, PRESETS
 from minitune.tokenizer import get_tokenizer
-from minitune.train import TrainConfig, train
+from minitune.train import TrainConfig, seed_everything, train
 
 # Per preset: corpus size, batch and steps that fit the budget on a 2-core CPU (tiny: under 10 minutes).
 RECIPES = {
     "nano": dict(corpus_bytes=300_000, batch_size=16, max_steps=100, lr=1e-2, warmup_steps=10, eval_every=50),
-    "tiny": dict(corpus_bytes=6_000_000, batch_size=32, max_steps=1200, lr=2e-3, warmup_steps=100, eval_every=200),
+    "tiny": dict(corpus_bytes=12_000_000, batch_size=32, max_steps=1500, lr=2e-3, warmup_steps=100, eval_every=250),
     "small": dict(corpus_bytes=30_000_000, batch_size=64, max_steps=5000, lr=1e-3, warmup_steps=200, eval_every=500),
 }
 
@@ -65,6 +65,7 @@ def pretrain(
         f"({time.perf_counter() - t0:.1f}s)")
 
     config = GPTConfig.from_preset(preset, vocab_size=enc.n_vocab)
+    seed_everything(seed)  # the initial weights depend on the seed alone
     model = GPT(config)
     say(f"model: {preset}, {model.num_parameters():,} parameters")
     cfg = TrainConfig(

@@ -230,7 +230,7 @@ def test_soft_prompt_of_real_token_embeddings_equals_the_base_on_those_tokens(n,
     model = apply_strategy(copy.deepcopy(plain), PromptTuningConfig(n_tokens=n, init="random"))
     assert trainable_parameters(model)[0] == n * 16
     with torch.no_grad():
-        model.soft_prompt.copy_(plain.transformer.wte.weight[prompt_ids[0]])
+        model.soft_prompt.weight.copy_(plain.transformer.wte.weight[prompt_ids[0]])
     with_prompt = plain(torch.cat([prompt_ids.expand(2, -1), x], dim=1))[0][:, n:]
     assert torch.allclose(model(x)[0], with_prompt, atol=1e-5)
 
@@ -243,8 +243,8 @@ def test_prompt_positions_never_count_in_the_loss_and_base_gets_no_gradient():
     expected = nn.functional.cross_entropy(logits.reshape(-1, 64), x.reshape(-1))
     assert torch.allclose(loss, expected)
     loss.backward()
-    assert model.soft_prompt.grad is not None
-    assert all(p.grad is None for n, p in model.named_parameters() if n != "soft_prompt")
+    assert model.soft_prompt.weight.grad is not None
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "soft_prompt.weight")
 
 
 def test_prompt_tuning_generation_and_shorter_context():
@@ -266,11 +266,11 @@ def test_prompt_inits():
     tokens = get_tokenizer("minitune").encode_ordinary("The market")
     text = apply_strategy(copy.deepcopy(model), PromptTuningConfig(n_tokens=5, init="text", init_text="The market"))
     assert isinstance(text, PromptTunedGPT)
-    assert torch.equal(text.soft_prompt, wte[[tokens[i % len(tokens)] for i in range(5)]])  # repeated to fill
+    assert torch.equal(text.soft_prompt.weight, wte[[tokens[i % len(tokens)] for i in range(5)]])  # repeated to fill
     vocab = apply_strategy(copy.deepcopy(model), PromptTuningConfig(n_tokens=3, init="vocab"))
-    assert all((wte == row).all(dim=1).any() for row in vocab.soft_prompt)
+    assert all((wte == row).all(dim=1).any() for row in vocab.soft_prompt.weight)
     random = apply_strategy(copy.deepcopy(model), PromptTuningConfig(n_tokens=60, init="random"))
-    assert random.soft_prompt.std().item() == pytest.approx(wte.std().item(), rel=0.2)
+    assert random.soft_prompt.weight.std().item() == pytest.approx(wte.std().item(), rel=0.2)
 
 
 # --- bad input ---------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ Files, in reading order:
   clinic.py        veterinary clinic notes: the domain corpus
   corpus.py        pretraining_corpus, domain_corpus, split, load_text_corpus
   batches.py       token streams and (x, y) batches for the training loop (imported on its own)
+  tasks.py         the fine-tuning tasks (sentiment, topic, summarization, qa, code) and few-shot prompts
+  jsonl.py         load_jsonl_task: your own task from a JSONL file
 """
 
 from minitune.data.clinic import DOMAIN_JARGON, make_clinic_note
@@ -27,6 +29,9 @@ from minitune.data.reviews import SENTIMENTS, make_review
 from minitune.data.snippets import CodeItem, make_code, make_code_document, make_code_item
 from minitune.data.stories import make_animal_story, make_story
 from minitune.data.world import World, build_world, reserved_facts
+from minitune.data.tasks import (TASKS, Example, Task, few_shot_prompt, fit_shots, load_task, pick_shots,
+                                 qa_fact_documents)
+from minitune.data.jsonl import JSONL_KINDS, load_jsonl_task
 
 __all__ = [
     "DOC_KINDS", "DOMAIN_JARGON", "RESERVED_COMPANY", "RESERVED_PRODUCTS", "RESERVED_WORDS", "SENTIMENTS",
@@ -34,4 +39,6 @@ __all__ = [
     "make_animal_story", "make_clinic_note", "make_code", "make_code_document", "make_code_item",
     "make_description", "make_dialogue", "make_document", "make_report", "make_review", "make_story",
     "make_topic_text", "pretraining_corpus", "reserved_facts", "split", "word_counts",
+    "JSONL_KINDS", "TASKS", "Example", "Task", "few_shot_prompt", "fit_shots", "load_jsonl_task", "load_task",
+    "pick_shots", "qa_fact_documents",
 ]

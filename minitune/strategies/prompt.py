@@ -12,7 +12,8 @@ n trainable vectors P (a "soft prompt") are placed before the embeddings of ever
                 "text"    embeddings of the tokens of init_text, repeated to length n
 
 The soft prompt enters through the model's one seam, `GPT.forward_embeddings`. The prompt-tuned model
-shares every module of the base (same names, same tensors) and adds one parameter, `soft_prompt`.
+shares every module of the base (same names, same tensors) and adds one, `soft_prompt`: an
+nn.Embedding of n_tokens rows, so the optimizer treats it as the embedding it is (no weight decay).
 """
 
 from __future__ import annotations
@@ -54,24 +55,25 @@ class PromptTunedGPT(GPT):
         self.config = base.config
         self.transformer = base.transformer
         self.lm_head = base.lm_head
-        self.soft_prompt = nn.Parameter(soft_prompt)  # (n_tokens, n_embd)
+        self.soft_prompt = nn.Embedding.from_pretrained(soft_prompt, freeze=False)  # (n_tokens, n_embd)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.shape
-        n = self.soft_prompt.size(0)
+        prompt = self.soft_prompt.weight
+        n = prompt.size(0)
         if n + T > self.config.block_size:
             raise ConfigError(
                 f"{T} input tokens + {n} soft-prompt tokens exceed block_size ({self.config.block_size}); "
                 f"with this prompt the usable context is {self.config.block_size - n} tokens"
             )
-        x = torch.cat([self.soft_prompt.expand(B, -1, -1), self.embed(idx)], dim=1)  # (B, n + T, C)
+        x = torch.cat([prompt.expand(B, -1, -1), self.embed(idx)], dim=1)  # (B, n + T, C)
         if targets is not None:
             targets = torch.cat([targets.new_full((B, n), IGNORE_INDEX), targets], dim=1)
         logits, loss = self.forward_embeddings(x, targets)
         return logits[:, n:], loss  # logits of the input positions only
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        return super().generate(idx, max_new_tokens, prefix_embeddings=self.soft_prompt, **kwargs)
+        return super().generate(idx, max_new_tokens, prefix_embeddings=self.soft_prompt.weight, **kwargs)
 
 
 def initial_prompt(model: GPT, config: PromptTuningConfig) -> torch.Tensor:
