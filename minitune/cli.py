@@ -1,8 +1,13 @@
-"""The `minitune` command line: `minitune pretrain`, `minitune build-tokenizer`."""
+"""The `minitune` command line: pretrain, finetune, evaluate, generate, build-tokenizer.
+
+Each subcommand calls the same functions the lessons call, so what a lesson shows can be repeated on
+your own data.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from minitune.errors import MinituneError
@@ -23,6 +28,60 @@ def _build_tokenizer(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def strategy_from_args(args: argparse.Namespace):
+    """The strategy config the finetune flags describe."""
+    from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig
+
+    if args.strategy == "full":
+        return FullConfig()
+    if args.strategy == "lora":
+        return LoRAConfig(r=args.r, alpha=args.alpha, dropout=args.lora_dropout, rslora=args.rslora,
+                          targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()))
+    if args.strategy == "adapter":
+        return AdapterConfig(bottleneck=args.bottleneck, placement=args.placement, activation=args.activation,
+                             train_layernorm=args.train_layernorm)
+    return PromptTuningConfig(n_tokens=args.n_tokens, init=args.prompt_init, init_text=args.init_text)
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from minitune.evaluate import evaluate_task
+    from minitune.finetune import finetune, resolve_task
+
+    task = resolve_task(args.task, args.data, args.kind, args.seed)
+    model, enc, out = finetune(args.base, task, strategy_from_args(args), args.out, args.max_steps,
+                               args.batch_size, args.lr, args.seed, args.device)
+    print(f"saved to {out}")
+    if args.eval:
+        _print_metrics(evaluate_task(model, enc, task, "test", seed=args.seed, limit=args.limit))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from minitune.evaluate import evaluate_task
+    from minitune.finetune import open_run, resolve_task
+
+    model, enc, _ = open_run(args.run)
+    task = resolve_task(args.task, args.data, args.kind, args.seed)
+    _print_metrics(evaluate_task(model, enc, task, args.split, args.shots, args.limit, args.seed))
+
+
+def _print_metrics(result: dict) -> None:
+    for sample in result.pop("samples"):
+        print(f"--- prompt\n{sample['prompt']}\n--- model: {sample['prediction']!r}   expected: {sample['target']!r}")
+    print(json.dumps(result, indent=2))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from minitune.evaluate import generate_text
+    from minitune.finetune import open_run
+
+    model, enc, _ = open_run(args.run)
+    g = torch.Generator().manual_seed(args.seed)
+    print(generate_text(model, enc, args.prompt, args.max_new_tokens, args.stop, args.temperature,
+                        args.top_k, generator=g))
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="minitune", description="Fine-tuning, built by hand.")
@@ -36,19 +95,73 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     pre.add_argument("--corpus", default=None, help="a .txt (blank-line separated) or .jsonl ({'text'}) corpus")
     pre.add_argument("--tokenizer", default="minitune", help="minitune, gpt2, or a GPT-2 tokenizer folder")
-    pre.set_defaults(run=_pretrain)
+    pre.set_defaults(handler=_pretrain)
+
+    ft = sub.add_parser("finetune", help="fine-tune a base on a task with one strategy")
+    ft.add_argument("--base", default=None, help="base run folder (default: runs/base-tiny, pretrained if missing)")
+    _task_args(ft)
+    ft.add_argument("--strategy", default="lora", choices=["full", "lora", "adapter", "prompt"])
+    ft.add_argument("--out", default=None, help="run folder to write (default: runs/TASK-STRATEGY)")
+    ft.add_argument("--max-steps", type=int, default=300)
+    ft.add_argument("--batch-size", type=int, default=16)
+    ft.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the strategy's)")
+    ft.add_argument("--device", default="auto")
+    ft.add_argument("--eval", action="store_true", help="evaluate on the test split afterwards")
+    ft.add_argument("--limit", type=int, default=None, help="evaluate on at most this many examples")
+    lora = ft.add_argument_group("LoRA")
+    lora.add_argument("--r", type=int, default=8)
+    lora.add_argument("--alpha", type=float, default=16)
+    lora.add_argument("--lora-dropout", type=float, default=0.0)
+    lora.add_argument("--targets", default="c_attn", help="comma-separated: c_attn, attn.c_proj, c_fc, mlp.c_proj")
+    lora.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
+    ad = ft.add_argument_group("adapters")
+    ad.add_argument("--bottleneck", type=int, default=16)
+    ad.add_argument("--placement", default="houlsby", choices=["houlsby", "pfeiffer"])
+    ad.add_argument("--activation", default="gelu", choices=["gelu", "relu"])
+    ad.add_argument("--train-layernorm", action="store_true")
+    pt = ft.add_argument_group("prompt tuning")
+    pt.add_argument("--n-tokens", type=int, default=20)
+    pt.add_argument("--prompt-init", default="vocab", choices=["random", "vocab", "text"])
+    pt.add_argument("--init-text", default=None)
+    ft.set_defaults(handler=_finetune)
+
+    ev = sub.add_parser("evaluate", help="score a run (base or fine-tuned) on a task")
+    ev.add_argument("--run", required=True, help="a base or fine-tuning run folder")
+    _task_args(ev)
+    ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    ev.add_argument("--shots", type=int, default=0, help="solved examples placed before each prompt")
+    ev.add_argument("--limit", type=int, default=None, help="at most this many examples")
+    ev.set_defaults(handler=_evaluate)
+
+    gen = sub.add_parser("generate", help="continue a prompt with a run's model")
+    gen.add_argument("--run", required=True)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=60)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--stop", default="<|endoftext|>", help="cut the text where this string appears")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(handler=_generate)
 
     tok = sub.add_parser("build-tokenizer", help="retrain the built-in BPE vocabulary (reproducible)")
     tok.add_argument("--out", default=None, help="ranks file to write (default: the package asset)")
-    tok.set_defaults(run=_build_tokenizer)
+    tok.set_defaults(handler=_build_tokenizer)
     return p
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default=None, help="built-in task: sentiment, topic, summarization, qa, code")
+    p.add_argument("--data", default=None, help="your JSONL file instead of a built-in task")
+    p.add_argument("--kind", default=None, choices=["classification", "summarization", "qa", "code"],
+                   help="how to read --data")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `minitune` console script."""
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except MinituneError as e:
         print(f"minitune: error: {e}", file=sys.stderr)
         return 2

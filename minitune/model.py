@@ -195,6 +195,11 @@ class GPT(nn.Module):
         """Number of distinct parameters (the tied lm_head counted once)."""
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def max_input_tokens(self) -> int:
+        """How many input tokens fit in one pass (fewer than block_size if the model adds inputs of its own)."""
+        return self.config.block_size
+
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, T) -> (B, T, n_embd), after checking the ids are in the vocabulary."""
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):

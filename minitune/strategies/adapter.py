@@ -43,6 +43,7 @@ class AdapterConfig:
     activation: str = "gelu"
     train_layernorm: bool = False
     name: ClassVar[str] = "adapter"
+    default_lr: ClassVar[float] = 3e-3
 
     def __post_init__(self) -> None:
         if not isinstance(self.bottleneck, int) or self.bottleneck <= 0:

@@ -41,6 +41,7 @@ class LoRAConfig:
     rslora: bool = False
     init: str = "kaiming"  # or "gaussian" (A ~ N(0, 1/r))
     name: ClassVar[str] = "lora"
+    default_lr: ClassVar[float] = 3e-3
 
     def __post_init__(self) -> None:
         self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)

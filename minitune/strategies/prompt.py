@@ -37,6 +37,7 @@ class PromptTuningConfig:
     init_text: str | None = None
     tokenizer: str = "minitune"
     name: ClassVar[str] = "prompt"
+    default_lr: ClassVar[float] = 0.1  # a few thousand input vectors want large steps (Lester et al. used 0.3)
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_tokens, int) or self.n_tokens <= 0:
@@ -56,6 +57,10 @@ class PromptTunedGPT(GPT):
         self.transformer = base.transformer
         self.lm_head = base.lm_head
         self.soft_prompt = nn.Embedding.from_pretrained(soft_prompt, freeze=False)  # (n_tokens, n_embd)
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.config.block_size - self.soft_prompt.num_embeddings
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.shape

@@ -1,0 +1,158 @@
+"""Measuring a model on a task: zero-shot, few-shot (k solved examples in the context), or fine-tuned.
+
+    classification   score every label word by the model's log-probability of it after the prompt
+                     (summed over its tokens); the best-scoring label is the prediction. Accuracy, macro-F1.
+    summarization    greedy generation, cut at the stop string; ROUGE-L F1 and key-fact recall.
+    qa               greedy generation; exact match and token F1 against the knowledge base's value.
+    code             greedy generation, run in the restricted evaluator (minitune.sandbox) on the task's
+                     test inputs; pass@1 = share of functions right on every input. Refused code fails.
+    your JSONL tasks the same for classification; generation tasks get exact match, token F1, ROUGE-L.
+
+Generation is greedy, so a result depends only on the model, the prompts and the seed that picks the
+few-shot examples; nothing else is random.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from minitune.data.tasks import Example, Task, pick_shots
+from minitune.metrics import accuracy, exact_match, key_fact_recall, macro_f1, rouge_l, token_f1
+from minitune.sandbox import CallFailed, run_function
+from minitune.errors import UnsafeCodeError
+
+EVAL_BATCH = 64  # rows per forward pass when scoring labels
+
+
+def prompt_for(task: Task, example: Example, shots: int, enc, room: int, seed: int = 0) -> str:
+    """The example's prompt, after `shots` solved training examples if they fit in `room` tokens."""
+    if shots == 0:
+        return example.prompt
+    chosen = pick_shots(task, shots, seed=seed, exclude=example)
+    return task.few_shot_prompt(example, chosen, enc, max_tokens=room)
+
+
+def _fit(ids: list[int], room: int) -> list[int]:
+    """Keep the last `room` tokens: a prompt too long for the context loses its beginning."""
+    return ids[max(0, len(ids) - room):]
+
+
+@torch.no_grad()
+def label_logprobs(model, enc, prompts: list[str], labels: tuple[str, ...], device="cpu") -> torch.Tensor:
+    """(N, L): log p(" " + label | prompt), summed over the label's tokens, for every prompt and label."""
+    model.eval()
+    label_ids = [enc.encode_ordinary(" " + w) for w in labels]
+    room = model.max_input_tokens
+    rows = []  # (ids, first label position, label ids)
+    for prompt in prompts:
+        p = enc.encode_ordinary(prompt)
+        for lab in label_ids:
+            ids = _fit(p + lab, room + 1)  # the last token is only a target
+            rows.append((ids, len(ids) - len(lab), lab))
+    scores = []
+    for start in range(0, len(rows), EVAL_BATCH):
+        chunk = rows[start : start + EVAL_BATCH]
+        T = max(len(ids) for ids, _, _ in chunk) - 1
+        x = torch.full((len(chunk), T), enc.eot_token, dtype=torch.long)
+        for b, (ids, _, _) in enumerate(chunk):
+            x[b, : len(ids) - 1] = torch.tensor(ids[:-1])
+        logp = F.log_softmax(model(x.to(device))[0].float(), dim=-1).cpu()  # (B, T, V)
+        for b, (ids, first, lab) in enumerate(chunk):
+            positions = torch.arange(first - 1, first - 1 + len(lab))  # logits at i predict token i + 1
+            scores.append(logp[b, positions, torch.tensor(lab)].sum())
+    return torch.stack(scores).view(len(prompts), len(labels))
+
+
+@lru_cache(maxsize=16)
+def stop_token_ids(enc, stop: str) -> frozenset[int]:
+    """<|endoftext|> and every token whose text contains the stop string."""
+    stop_b = stop.encode("utf-8")
+    ids = {enc.eot_token}
+    for t in range(enc.n_vocab):
+        try:
+            if stop_b in enc.decode_single_token_bytes(t):
+                ids.add(t)
+        except KeyError:  # ids between the ordinary and the special tokens
+            pass
+    return frozenset(ids)
+
+
+@torch.no_grad()
+def generate_text(model, enc, prompt: str, max_new_tokens: int, stop: str = "\n", temperature: float = 0.0,
+                  top_k: int | None = None, generator: torch.Generator | None = None, device="cpu") -> str:
+    """The model's continuation of prompt (greedy at temperature 0), cut where `stop` first appears."""
+    model.eval()
+    ids = _fit(enc.encode_ordinary(prompt), max(1, model.max_input_tokens - max_new_tokens))
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
+                         stop_tokens=stop_token_ids(enc, stop), generator=generator)
+    text = enc.decode(out[0, len(ids):].tolist())
+    return text.split(stop, 1)[0].split("<|endoftext|>", 1)[0].rstrip()
+
+
+def answer_budget(task: Task, enc) -> int:
+    """New tokens to allow: the longest training target, plus a few for the stop string."""
+    return max(len(enc.encode_ordinary(task.completion(ex))) for ex in task.train[:500]) + 4
+
+
+def code_passes(source: str, meta: dict) -> tuple[bool, str]:
+    """(passed, why not): does the generated function give the reference output on every test input?"""
+    try:
+        outputs = run_function(source, meta["fn_name"], [tuple(a) for a in meta["inputs"]])
+    except UnsafeCodeError as e:
+        return False, str(e)
+    for args, got, want in zip(meta["inputs"], outputs, meta["outputs"]):
+        if isinstance(got, CallFailed):
+            return False, f"{meta['fn_name']}{tuple(args)} failed: {got.reason}"
+        if got != want or type(got) is not type(want):
+            return False, f"{meta['fn_name']}{tuple(args)} = {got!r}, expected {want!r}"
+    return True, ""
+
+
+def mean(values) -> float:
+    """The average as a float (bools count 0 or 1)."""
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def score_generation(task: Task, examples, predictions: list[str]) -> dict:
+    """The task's generation metrics, averaged over examples."""
+    targets = [ex.target.strip() for ex in examples]
+    if task.name == "code" and examples and examples[0].meta.get("executable"):
+        results = [code_passes(p, ex.meta) for ex, p in zip(examples, predictions)]
+        return {"pass@1": mean(ok for ok, _ in results),
+                "refused": mean("refused" in why for _, why in results)}
+    if task.name == "summarization":
+        return {"rougeL_f1": mean(rouge_l(p, t)["f1"] for p, t in zip(predictions, targets)),
+                "key_fact_recall": mean(key_fact_recall(p, ex.meta["facts"].values())
+                                        for p, ex in zip(predictions, examples))}
+    scores = {"exact_match": mean(exact_match(p, t) for p, t in zip(predictions, targets)),
+              "token_f1": mean(token_f1(p, t) for p, t in zip(predictions, targets))}
+    if task.name != "qa":
+        scores["rougeL_f1"] = mean(rouge_l(p, t)["f1"] for p, t in zip(predictions, targets))
+    return scores
+
+
+def evaluate_task(model, enc, task: Task, split: str = "test", shots: int = 0, limit: int | None = None,
+                  seed: int = 0, device="cpu") -> dict:
+    """Metrics of model on one split of task, with `shots` examples in each prompt; plus a few samples."""
+    examples = task.split(split)[:limit]
+    room = model.max_input_tokens
+    if task.kind == "classification":
+        room -= max(len(enc.encode_ordinary(" " + w)) for w in task.labels)
+        prompts = [prompt_for(task, ex, shots, enc, room, seed) for ex in examples]
+        scores = label_logprobs(model, enc, prompts, task.labels, device)
+        predictions = [task.labels[i] for i in scores.argmax(dim=1).tolist()]
+        golds = [ex.target.strip() for ex in examples]
+        metrics = {"accuracy": accuracy(predictions, golds), "macro_f1": macro_f1(predictions, golds, task.labels)}
+    else:
+        budget = answer_budget(task, enc)
+        prompts = [prompt_for(task, ex, shots, enc, room - budget, seed) for ex in examples]
+        predictions = [generate_text(model, enc, p, budget, task.stop, device=device) for p in prompts]
+        metrics = score_generation(task, examples, predictions)
+    samples = [{"prompt": ex.prompt, "prediction": p, "target": ex.target.strip()}
+               for ex, p in zip(examples[:3], predictions)]
+    return {"task": task.name, "split": split, "shots": shots, "n": len(examples), **metrics, "samples": samples}
