@@ -7,12 +7,16 @@ a truncated mix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
+import random
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -22,6 +26,8 @@ from minitune.model import GPT, GPTConfig
 
 WEIGHTS = "model.safetensors"
 META = "config.json"
+RESUME = "resume.pt"  # everything needed to continue a run exactly (weights_only-loadable)
+RESUME_META = "resume.json"  # its step, settings and checksum, readable without torch
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -96,12 +102,29 @@ def read_json(path: str | Path) -> dict:
     return obj
 
 
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, as hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: str | Path, expected: str | None) -> None:
+    """Refuse a file whose SHA-256 is not the one recorded when it was written."""
+    if expected is not None and sha256_file(path) != expected:
+        raise CheckpointError(f"{path} does not match the checksum recorded when it was saved: the file is "
+                              "corrupted or was replaced")
+
+
 def save_model(model: GPT, directory: str | Path, **meta) -> None:
-    """Write a run folder: weights (safetensors) and config.json (model config plus `meta`)."""
+    """Write a run folder: weights (safetensors) and config.json (model config, checksum, plus `meta`)."""
     directory = Path(directory)
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
     save_tensors(directory / WEIGHTS, state)
-    atomic_write_json(directory / META, {"model": model.config.to_dict(), **meta})
+    atomic_write_json(directory / META, {"model": model.config.to_dict(), "sha256": sha256_file(directory / WEIGHTS),
+                                         **meta})
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
@@ -114,6 +137,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         config = GPTConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{directory / META} holds no valid model config: {e}") from e
+    verify_checksum(directory / WEIGHTS, meta.get("sha256"))
     model = GPT(config)
     state = load_tensors(directory / WEIGHTS)
     state["lm_head.weight"] = state.get("transformer.wte.weight")
@@ -128,3 +152,55 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         )
     model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+# --- resume state ---------------------------------------------------------------------------------------
+
+def rng_state() -> dict:
+    """Every random generator's state, in plain types and tensors (so weights_only loading can read it)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_resume(directory: str | Path, state: dict, info: dict) -> Path:
+    """Write the resume state (tensors, numbers, lists only) atomically, and its step and checksum beside it."""
+    directory = Path(directory)
+    atomic_write(directory / RESUME, lambda tmp: torch.save(state, tmp))
+    atomic_write_json(directory / RESUME_META, {**info, "sha256": sha256_file(directory / RESUME)})
+    return directory / RESUME
+
+
+def load_resume(directory: str | Path) -> tuple[dict, dict] | None:
+    """(state, info) saved by save_resume, checked; None if the folder holds no resume state."""
+    directory = Path(directory)
+    if not (directory / RESUME).is_file():
+        return None
+    info = read_json(directory / RESUME_META)
+    verify_checksum(directory / RESUME, info.get("sha256"))
+    return safe_torch_load(directory / RESUME), info
+
+
+def safe_torch_load(path: str | Path):
+    """torch.load that only accepts tensors and plain containers: a pickle holding code is refused, unrun."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds more than tensors and plain values, so it was refused "
+                              f"(none of its code was run): {str(e).splitlines()[0]}") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: it is truncated or not a torch file ({e})") from e

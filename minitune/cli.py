@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from minitune.errors import MinituneError
+from minitune.errors import MinituneError, TrainingInterrupted
 from minitune.model import PRESETS
 
 
@@ -18,7 +18,8 @@ def _pretrain(args: argparse.Namespace) -> None:
     from minitune.pretrain import pretrain
 
     pretrain(args.preset, out=args.out, max_steps=args.max_steps, seed=args.seed, device=args.device,
-             corpus=args.corpus, tokenizer=args.tokenizer)
+             corpus=args.corpus, tokenizer=args.tokenizer, resume=args.resume,
+             checkpoint_every=args.checkpoint_every)
 
 
 def _build_tokenizer(args: argparse.Namespace) -> None:
@@ -49,7 +50,8 @@ def _finetune(args: argparse.Namespace) -> None:
 
     task = resolve_task(args.task, args.data, args.kind, args.seed)
     model, enc, out = finetune(args.base, task, strategy_from_args(args), args.out, args.max_steps,
-                               args.batch_size, args.lr, args.seed, args.device)
+                               args.batch_size, args.lr, args.seed, args.device, resume=args.resume,
+                               checkpoint_every=args.checkpoint_every)
     print(f"saved to {out}")
     if args.eval:
         _print_metrics(evaluate_task(model, enc, task, "test", seed=args.seed, limit=args.limit))
@@ -95,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     pre.add_argument("--corpus", default=None, help="a .txt (blank-line separated) or .jsonl ({'text'}) corpus")
     pre.add_argument("--tokenizer", default="minitune", help="minitune, gpt2, or a GPT-2 tokenizer folder")
+    _resume_args(pre)
     pre.set_defaults(handler=_pretrain)
 
     ft = sub.add_parser("finetune", help="fine-tune a base on a task with one strategy")
@@ -108,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--device", default="auto")
     ft.add_argument("--eval", action="store_true", help="evaluate on the test split afterwards")
     ft.add_argument("--limit", type=int, default=None, help="evaluate on at most this many examples")
+    _resume_args(ft)
     lora = ft.add_argument_group("LoRA")
     lora.add_argument("--r", type=int, default=8)
     lora.add_argument("--alpha", type=float, default=16)
@@ -149,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resume states (0: only on a signal)")
+
+
 def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, help="built-in task: sentiment, topic, summarization, qa, code")
     p.add_argument("--data", default=None, help="your JSONL file instead of a built-in task")
@@ -162,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.handler(args)
+    except TrainingInterrupted as e:
+        print(f"minitune: {e}", file=sys.stderr)
+        return 130
     except MinituneError as e:
         print(f"minitune: error: {e}", file=sys.stderr)
         return 2

@@ -23,3 +23,11 @@ class TokenizerError(MinituneError):
 
 class UnsafeCodeError(MinituneError):
     """Code refused by the restricted evaluator (minitune.sandbox); the message says what and where."""
+
+
+class TrainingError(MinituneError):
+    """Training cannot go on (a non-finite loss or gradient, out of memory); the message says what to change."""
+
+
+class TrainingInterrupted(MinituneError):
+    """Training was stopped by a signal after saving a checkpoint; the message says how to resume."""

@@ -40,7 +40,8 @@ def supervised(task: Task, split: str, enc, block_size: int, batch_size: int, se
 
 def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | None = None,
              max_steps: int = 300, batch_size: int = 16, lr: float | None = None, seed: int = 0,
-             device: str = "auto", eval_every: int = 100, quiet: bool = False):
+             device: str = "auto", eval_every: int = 100, quiet: bool = False, resume: bool = False,
+             checkpoint_every: int = 100):
     """Apply `strategy` (a config) to the base, train it on task.train, keep the best on validation.
 
     Returns (model, tokenizer, run folder); the model holds the best checkpoint's weights.
@@ -54,7 +55,8 @@ def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | No
     model = apply_strategy(model, strategy)
     trainable, total = trainable_parameters(model)
     cfg = TrainConfig(max_steps=max_steps, lr=lr or strategy.default_lr, min_lr=(lr or strategy.default_lr) / 10,
-                      warmup_steps=max_steps // 10, eval_every=eval_every, seed=seed, device=device, quiet=quiet)
+                      warmup_steps=max_steps // 10, eval_every=eval_every, seed=seed, device=device, quiet=quiet,
+                      checkpoint_every=checkpoint_every)
     room = model.max_input_tokens
     train_data = supervised(task, "train", enc, room, batch_size, seed)
     val_data = supervised(task, "validation", enc, room, batch_size, max_eval_examples=200)
@@ -62,7 +64,7 @@ def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | No
         print(f"{task.name} with {strategy.name}: trainable params: {trainable:,} || all params: {total:,} "
               f"|| trainable%: {100 * trainable / total:.2f}", flush=True)
     t0 = time.perf_counter()
-    result = train(model, train_data, val_data, cfg, out_dir=out, save=save_trainable)
+    result = train(model, train_data, val_data, cfg, out_dir=out, save=save_trainable, resume=resume)
     model = load_trainable(model, out / "best")
     atomic_write_json(out / RUN, {
         "base": str(base.resolve()), "tokenizer": base_meta.get("tokenizer", "minitune"), "task": task.name,

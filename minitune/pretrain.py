@@ -47,8 +47,14 @@ def pretrain(
     corpus: str | Path | None = None,
     tokenizer: str = "minitune",
     quiet: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = 100,
 ) -> Path:
-    """Generate (or read) the corpus, pretrain a GPT of the preset, write it to out; returns out."""
+    """Generate (or read) the corpus, pretrain a GPT of the preset, write it to out; returns out.
+
+    Resume state is written to out every `checkpoint_every` steps (and on SIGINT/SIGTERM); with
+    `resume`, a killed run continues from it and ends exactly where an uninterrupted run would.
+    """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     recipe = RECIPES[preset]
@@ -71,12 +77,12 @@ def pretrain(
     cfg = TrainConfig(
         max_steps=max_steps or recipe["max_steps"], lr=recipe["lr"], min_lr=recipe["lr"] / 10,
         warmup_steps=min(recipe["warmup_steps"], (max_steps or recipe["max_steps"]) // 10),
-        eval_every=recipe["eval_every"], seed=seed, device=device, quiet=quiet,
+        eval_every=recipe["eval_every"], seed=seed, device=device, quiet=quiet, checkpoint_every=checkpoint_every,
     )
     batch = recipe["batch_size"]
     train_data = TokenStream(train_tokens, config.block_size, batch, seed=seed)
     val_data = TokenStream(val_tokens, config.block_size, batch, seed=seed, max_eval_batches=20)
-    result = train(model, train_data, val_data, cfg)
+    result = train(model, train_data, val_data, cfg, out_dir=out, resume=resume)
 
     baseline = unigram_loss(train_tokens, val_tokens, enc.n_vocab)
     seconds = time.perf_counter() - t0

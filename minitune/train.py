@@ -6,7 +6,13 @@ It trains whatever parameters have `requires_grad` (a strategy decides which, be
         lr = warm-up, then cosine decay
         for each micro-batch:  loss = model(x, y) / accum;  loss.backward()
         clip the gradient norm;  AdamW step;  zero the gradients
-        every eval_every steps:  validation loss -> log, best checkpoint
+        every eval_every steps:        validation loss -> log, best checkpoint
+        every checkpoint_every steps:  resume state (weights, optimizer, step, random generators)
+
+A run is a pure function of its settings: batch i is the same whenever it is asked for, the learning
+rate is a function of the step, and the random generators are saved with the weights. So a run that
+is killed and resumed from its last resume state ends with exactly the weights of one that never
+stopped. Under torchrun the same loop runs in every process (see minitune/distributed.py).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -23,8 +31,11 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
-from minitune.errors import ConfigError
+from minitune import distributed
+from minitune.checkpoint import load_resume, rng_state, save_resume, set_rng_state
+from minitune.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 
 
 @dataclass
@@ -44,13 +55,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     quiet: bool = False
+    checkpoint_every: int = 0  # write resume state every N steps (0: only when stopped by a signal)
+    max_bad_steps: int = 0  # steps with a non-finite loss or gradient to skip before stopping
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, allowed: str) -> None:
             if not ok:
                 raise ConfigError(f"TrainConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
 
-        need(self.max_steps >= 1, "max_steps", ">= 1")
+        need(isinstance(self.max_steps, int) and self.max_steps >= 1, "max_steps", "an integer >= 1")
         need(0 < self.lr <= 1, "lr", "in (0, 1]")
         need(0 <= self.min_lr <= self.lr, "min_lr", "in [0, lr]")
         need(self.warmup_steps >= 0, "warmup_steps", ">= 0")
@@ -60,6 +73,8 @@ class TrainConfig:
         need(self.grad_clip >= 0, "grad_clip", ">= 0")
         need(self.eval_every >= 1, "eval_every", ">= 1")
         need(self.log_every >= 1, "log_every", ">= 1")
+        need(self.checkpoint_every >= 0, "checkpoint_every", ">= 0")
+        need(self.max_bad_steps >= 0, "max_bad_steps", ">= 0")
         resolve_device(self.device)  # an unknown device name fails here, before any work
 
 
@@ -135,12 +150,17 @@ def autocast_for(device: torch.device):
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   device: torch.device | str = "cpu") -> float:
-    """Mean cross-entropy per target token (targets of -100 excluded) over the given batches."""
+    """Mean cross-entropy per target token (targets of -100 excluded) over the given batches.
+
+    Under torchrun each process scores every W-th batch and the sums are added across processes.
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for x, y in batches:
+    for b, (x, y) in enumerate(batches):
+        if b % distributed.world_size() != distributed.rank():
+            continue
         x, y = x.to(device), y.to(device)
         with autocast_for(device):
             _, loss = model(x, y)
@@ -148,7 +168,72 @@ def evaluate_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
         total += float(loss) * n
         count += n
     model.train(was_training)
+    total, count = distributed.sum_across_ranks(total, count)
     return total / max(count, 1)
+
+
+@dataclass
+class _Progress:
+    """What the loop has done so far; saved with the resume state."""
+
+    step: int = 0
+    tokens: int = 0
+    best: float | None = None
+    skipped: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class _StopOnSignal:
+    """While active, SIGINT and SIGTERM ask the loop to stop cleanly at the end of the current step."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _save_state(out: Path, model, optimizer, progress: _Progress, cfg: TrainConfig) -> Path:
+    state = {"model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+             "optimizer": optimizer.state_dict(), "rng": rng_state(), "progress": asdict(progress)}
+    return save_resume(out, state, {"step": progress.step, "settings": _settings(cfg)})
+
+
+def _settings(cfg: TrainConfig) -> dict:
+    """The settings a resumed run must share with the run it continues."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("device", "quiet", "log_every", "checkpoint_every")}
+
+
+def _restore(out: Path, model, optimizer, cfg: TrainConfig) -> _Progress:
+    loaded = load_resume(out)
+    if loaded is None:
+        return _Progress()
+    state, info = loaded
+    saved = json.loads(json.dumps(info.get("settings")))
+    now = json.loads(json.dumps(_settings(cfg)))
+    if saved != now:
+        diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
+        raise CheckpointError(f"{out} was started with other settings (saved, now): {diff}; resume with the same ones")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(state["model"]) or any(params[n].shape != t.shape for n, t in state["model"].items()):
+        raise CheckpointError(f"{out / 'resume.pt'} holds the trainable tensors of another model or strategy")
+    with torch.no_grad():
+        for n, t in state["model"].items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return _Progress(**state["progress"])
 
 
 def train(
@@ -158,82 +243,128 @@ def train(
     cfg: TrainConfig | None = None,
     out_dir: str | Path | None = None,
     save: Callable[[nn.Module, Path], None] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train model on train_data.batch(i) for cfg.max_steps steps; evaluate on val_data.eval_batches().
 
-    With out_dir, every evaluation is appended to out_dir/log.jsonl, and `save(model, dir)` writes
-    out_dir/best (lowest validation loss so far) and out_dir/last (end of the run).
+    With out_dir: every evaluation is appended to out_dir/log.jsonl; `save(model, dir)` writes
+    out_dir/best (lowest validation loss so far) and out_dir/last (end of the run); resume state goes to
+    out_dir/resume.pt every cfg.checkpoint_every steps and when SIGINT/SIGTERM stops the run; and
+    `resume=True` continues from it.
     """
     cfg = cfg or TrainConfig()
+    device = distributed.local_device(resolve_device(cfg.device))
+    distributed.setup(device)
+    W, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is None and (resume or cfg.checkpoint_every):
+        raise ConfigError("resume state needs an output folder: pass out_dir")
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
     model.to(device).train()
     optimizer = make_optimizer(model, cfg, device)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
+    net = DistributedDataParallel(model) if W > 1 else model  # averages gradients across processes
+    progress = _restore(out, model, optimizer, cfg) if resume else _Progress()
+    if main and out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "log.jsonl").unlink(missing_ok=True)
+        if progress.step == 0:
+            (out / "log.jsonl").unlink(missing_ok=True)
+    say = print if main and not cfg.quiet else (lambda *a, **k: None)
+    if progress.step:
+        say(f"resuming at step {progress.step}/{cfg.max_steps}", flush=True)
 
-    history: list[dict] = []
-    best = val_loss = train_loss = None
-    tokens = 0
+    val_loss = train_loss = None
     window_loss, window_n = 0.0, 0
-    t0 = time.perf_counter()
-    for step in range(cfg.max_steps):
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(cfg.grad_accum):
-            x, y = train_data.batch(step * cfg.grad_accum + micro)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast_for(device):
-                _, loss = model(x, y)
-            (loss / cfg.grad_accum).backward()
-            window_loss += loss.item() / cfg.grad_accum
-            tokens += x.numel()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        window_n += 1
+    t0, tokens0, start_step = time.perf_counter(), progress.tokens, progress.step
+    with _StopOnSignal() as stop:
+        for step in range(progress.step, cfg.max_steps):
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            try:
+                for micro in range(cfg.grad_accum):
+                    i = (step * cfg.grad_accum + micro) * W + rank  # this process's share of the step
+                    x, y = train_data.batch(i)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    sync = micro == cfg.grad_accum - 1  # DDP: average gradients once, after the last one
+                    with (nullcontext() if sync or W == 1 else net.no_sync()), autocast_for(device):
+                        _, loss = net(x, y)
+                    (loss / cfg.grad_accum).backward()
+                    step_loss += loss.item() / cfg.grad_accum
+                    progress.tokens += x.numel() * W
+                norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
+            except torch.OutOfMemoryError as e:
+                raise TrainingError(
+                    f"out of memory on {device} at step {step + 1}: lower the batch size (gradient "
+                    "accumulation keeps the effective batch), the context length or the model size") from e
+            bad = not (math.isfinite(step_loss) and math.isfinite(float(norm)))
+            if W > 1:
+                bad = distributed.sum_across_ranks(float(bad))[0] > 0
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                progress.skipped += 1
+                if progress.skipped > cfg.max_bad_steps:
+                    last_good = out / "resume.pt" if out is not None and (out / "resume.pt").is_file() else None
+                    raise TrainingError(
+                        f"non-finite loss or gradient at step {step + 1} (batch {step * cfg.grad_accum * W + rank}, "
+                        f"loss {step_loss}, gradient norm {float(norm)}); last good checkpoint: "
+                        f"{last_good or 'none (set checkpoint_every)'}. Lower the learning rate, or allow "
+                        "skipping with max_bad_steps")
+                say(f"step {step + 1}: non-finite loss or gradient, step skipped "
+                    f"({progress.skipped}/{cfg.max_bad_steps})", flush=True)
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                window_loss += step_loss
+                window_n += 1
+            progress.step = step + 1
 
-        last = step + 1 == cfg.max_steps
-        if (step + 1) % cfg.log_every == 0 or last:
-            train_loss = window_loss / window_n
-            window_loss, window_n = 0.0, 0
-            if not cfg.quiet:
+            last = progress.step == cfg.max_steps
+            if (progress.step % cfg.log_every == 0 or last) and window_n:
+                train_loss = window_loss / window_n
+                window_loss, window_n = 0.0, 0
                 elapsed = time.perf_counter() - t0
-                eta = elapsed / (step + 1) * (cfg.max_steps - step - 1)
-                print(f"step {step + 1:>5}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                      f"{tokens / elapsed:,.0f} tok/s | ETA {_fmt_time(eta)}", flush=True)
-        if val_data is not None and ((step + 1) % cfg.eval_every == 0 or last):
-            val_loss = evaluate_loss(model, val_data.eval_batches(), device)
-            record = {"step": step + 1, "train_loss": train_loss,
-                      "val_loss": val_loss, "lr": lr, "tokens": tokens,
-                      "seconds": round(time.perf_counter() - t0, 3)}
-            history.append(record)
-            if not cfg.quiet:
-                print(f"step {step + 1:>5}/{cfg.max_steps} | val loss {val_loss:.4f}", flush=True)
-            if out is not None:
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if best is None or val_loss < best:
-                best = val_loss
-                if out is not None and save is not None:
-                    save(model, out / "best")
+                rate = (progress.tokens - tokens0) / elapsed
+                eta = elapsed / (progress.step - start_step) * (cfg.max_steps - progress.step)
+                say(f"step {progress.step:>5}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                    f"{rate:,.0f} tok/s | ETA {_fmt_time(eta)}", flush=True)
+            if val_data is not None and (progress.step % cfg.eval_every == 0 or last):
+                val_loss = evaluate_loss(model, val_data.eval_batches(), device)
+                record = {"step": progress.step, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                          "tokens": progress.tokens, "seconds": round(time.perf_counter() - t0, 3)}
+                progress.history.append(record)
+                say(f"step {progress.step:>5}/{cfg.max_steps} | val loss {val_loss:.4f}", flush=True)
+                if main and out is not None:
+                    with open(out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if progress.best is None or val_loss < progress.best:
+                    progress.best = val_loss
+                    if main and out is not None and save is not None:
+                        save(model, out / "best")
+            stopping = stop.signal is not None
+            if W > 1:
+                stopping = distributed.sum_across_ranks(float(stopping))[0] > 0
+            if main and out is not None and (stopping or (cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0)):
+                _save_state(out, model, optimizer, progress, cfg)
+            if stopping and not last:
+                distributed.barrier()
+                raise TrainingInterrupted(
+                    f"stopped by a signal after step {progress.step}/{cfg.max_steps}; the run is saved in {out}: "
+                    "run the same command with --resume to continue" if out is not None else
+                    f"stopped by a signal after step {progress.step}/{cfg.max_steps} (no output folder, nothing saved)")
     seconds = time.perf_counter() - t0
-    if out is not None and save is not None:
+    if val_data is not None and val_loss is None:  # resumed a finished run: nothing trained, still report
+        val_loss = evaluate_loss(model, val_data.eval_batches(), device)
+    if main and out is not None and save is not None:
         save(model, out / "last")
+    distributed.barrier()
     model.eval()
-    return TrainResult(cfg.max_steps, train_loss, val_loss, best, tokens, seconds, history)
+    return TrainResult(progress.step, train_loss, val_loss, progress.best, progress.tokens - tokens0, seconds,
+                       progress.history)
 
 
 def _fmt_time(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
-
-def config_dict(cfg: TrainConfig) -> dict:
-    """The run's settings as a JSON-ready dict."""
-    return asdict(cfg)

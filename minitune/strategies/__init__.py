@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from minitune.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
+from minitune.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file, verify_checksum
 from minitune.errors import CheckpointError, ConfigError
 from minitune.strategies import adapter, full, lora, prompt
 from minitune.strategies.adapter import AdapterConfig
@@ -95,7 +95,7 @@ def save_trainable(model: nn.Module, path: str | Path) -> Path:
     save_tensors(path / WEIGHTS, state)
     atomic_write_json(path / CONFIG, {
         "strategy": config.name, "config": asdict(config), "base": model.config.to_dict(),
-        "tensors": {n: list(t.shape) for n, t in state.items()},
+        "tensors": {n: list(t.shape) for n, t in state.items()}, "sha256": sha256_file(path / WEIGHTS),
     })
     return path
 
@@ -120,6 +120,7 @@ def load_trainable(model: nn.Module, path: str | Path) -> nn.Module:
     current = getattr(model, "strategy", None)
     if current is not None and current != config:
         raise CheckpointError(f"{path} holds {config!r}, but the model carries {current!r}")
+    verify_checksum(path / WEIGHTS, meta.get("sha256"))
     tensors = load_tensors(path / WEIGHTS)
     # Check names and shapes against a copy with the strategy applied, so `model` is untouched on failure.
     probe = model if current is not None else apply_strategy(copy.deepcopy(model), config)

@@ -1,0 +1,465 @@
+"""Hugging Face GPT-2 checkpoints and PEFT adapters: layouts, round trips, bad files, and parity with the libraries.
+
+The checkpoints are built here in exactly HF's layout (Conv1D weights [in, out], the attn.bias mask buffers)
+and checked against a GPT-2 forward pass written from those tensors with Conv1D's own arithmetic, x @ W + b,
+so a missing or doubled transpose shows up as wrong logits.
+"""
+
+import copy
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minitune.checkpoint import load_tensors, save_tensors
+from minitune.errors import CheckpointError, ConfigError
+from minitune.interop import load_hf_gpt2, load_peft_lora, save_hf_gpt2, save_peft_lora
+from minitune.model import GPT, GPTConfig
+from minitune.strategies import AdapterConfig, LoRAConfig, PromptTuningConfig, apply_strategy, merge
+from minitune.strategies.lora import LoRALinear, lora_layers
+
+V, T, L, H, D = 64, 16, 2, 2, 16  # vocab, context, layers, heads, width
+HF_CONFIG = dict(model_type="gpt2", vocab_size=V, n_positions=T, n_ctx=T, n_layer=L, n_head=H, n_embd=D,
+                 layer_norm_epsilon=1e-5, activation_function="gelu_new", n_inner=None)
+
+
+def hf_tensors(seed=0) -> dict[str, torch.Tensor]:
+    """Random GPT-2 tensors named and shaped as OpenAI's `gpt2` folder holds them (no `transformer.` prefix)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) * 0.2
+
+    t = {"wte.weight": r(V, D), "wpe.weight": r(T, D), "ln_f.weight": 1 + r(D), "ln_f.bias": r(D)}
+    for i in range(L):
+        p = f"h.{i}."
+        t.update({
+            p + "ln_1.weight": 1 + r(D), p + "ln_1.bias": r(D), p + "ln_2.weight": 1 + r(D), p + "ln_2.bias": r(D),
+            p + "attn.c_attn.weight": r(D, 3 * D), p + "attn.c_attn.bias": r(3 * D),  # Conv1D: [in, out]
+            p + "attn.c_proj.weight": r(D, D), p + "attn.c_proj.bias": r(D),
+            p + "mlp.c_fc.weight": r(D, 4 * D), p + "mlp.c_fc.bias": r(4 * D),
+            p + "mlp.c_proj.weight": r(4 * D, D), p + "mlp.c_proj.bias": r(D),
+            p + "attn.bias": torch.tril(torch.ones(T, T)).view(1, 1, T, T),  # the mask buffers older files hold
+            p + "attn.masked_bias": torch.tensor(-1e4),
+        })
+    return t
+
+
+def write_hf(folder, tensors, config=HF_CONFIG, fmt="safetensors"):
+    """A checkpoint folder: config.json and the tensors as model.safetensors or pytorch_model.bin."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if fmt == "safetensors":
+        save_tensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
+    else:
+        torch.save(tensors, folder / "pytorch_model.bin")
+    return folder
+
+
+def reference_logits(t: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """GPT-2's forward pass written from HF-layout tensors, with Conv1D's y = x @ W + b."""
+    def conv1d(x, name):
+        return x @ t[name + ".weight"] + t[name + ".bias"]
+
+    def ln(x, name):
+        return F.layer_norm(x, (D,), t[name + ".weight"], t[name + ".bias"], eps=1e-5)
+
+    def gelu_new(x):
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+    B, n = idx.shape
+    x = t["wte.weight"][idx] + t["wpe.weight"][:n]
+    causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    for i in range(L):
+        p = f"h.{i}."
+        q, k, v = conv1d(ln(x, p + "ln_1"), p + "attn.c_attn").split(D, dim=2)
+        q, k, v = (z.view(B, n, H, D // H).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(D // H)
+        y = att.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+        x = x + conv1d(y.transpose(1, 2).reshape(B, n, D), p + "attn.c_proj")
+        x = x + conv1d(gelu_new(conv1d(ln(x, p + "ln_2"), p + "mlp.c_fc")), p + "mlp.c_proj")
+    return ln(x, "ln_f") @ t["wte.weight"].T
+
+
+def ids(seed=1, B=2, n=T) -> torch.Tensor:
+    return torch.randint(0, V, (B, n), generator=torch.Generator().manual_seed(seed))
+
+
+def random_gpt(seed=0) -> GPT:
+    """A minitune GPT with every tensor random (biases and LayerNorms too, so none hides a mistake)."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=D))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+def lora_model(seed=0, **kw) -> GPT:
+    """random_gpt with LoRA on c_attn and mlp.c_fc, B made nonzero so the update shows."""
+    config = LoRAConfig(**{"r": 4, "alpha": 8, "targets": ("c_attn", "mlp.c_fc"), **kw})
+    model = apply_strategy(random_gpt(seed), config)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_(0, 0.2)
+    return model.eval()
+
+
+def logits(model, x=None) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids() if x is None else x)[0]
+
+
+def hf_key_set(n_layer=L) -> set[str]:
+    per_layer = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                 "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                 "mlp.c_proj.weight", "mlp.c_proj.bias"]
+    keys = {f"transformer.{k}" for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
+    return keys | {f"transformer.h.{i}.{k}" for i in range(n_layer) for k in per_layer}
+
+
+# --- loading HF GPT-2 ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["bare", "prefixed", "bin-with-head"])
+def test_load_matches_a_forward_pass_written_from_hf_tensors(tmp_path, layout):
+    t = hf_tensors()
+    stored = dict(t)
+    if layout == "prefixed":  # as GPT2LMHeadModel saves: transformer.-prefixed, no masks, no lm_head
+        stored = {"transformer." + k: v for k, v in t.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    if layout == "bin-with-head":  # an old pytorch_model.bin with the tied head written out
+        stored = {**{"transformer." + k: v for k, v in t.items()}, "lm_head.weight": t["wte.weight"].clone()}
+    folder = write_hf(tmp_path / "gpt2", stored, fmt="bin" if layout.startswith("bin") else "safetensors")
+    model = load_hf_gpt2(folder)
+    assert model.config == GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=D)
+    assert not model.training
+    assert model.lm_head.weight is model.transformer.wte.weight
+    torch.testing.assert_close(logits(model), reference_logits(t, ids()), rtol=1e-4, atol=1e-4)
+
+
+def test_projections_are_transposed_into_linear_layout(tmp_path):
+    t = hf_tensors()
+    model = load_hf_gpt2(write_hf(tmp_path / "gpt2", t))
+    assert torch.equal(model.transformer.h[1].mlp.c_fc.weight, t["h.1.mlp.c_fc.weight"].T)  # [4D, D] <- [D, 4D]
+    assert torch.equal(model.transformer.h[0].attn.c_attn.bias, t["h.0.attn.c_attn.bias"])
+
+
+def test_save_then_load_gives_identical_tensors_and_logits(tmp_path):
+    model = random_gpt()
+    save_hf_gpt2(model, tmp_path / "out")
+    again = load_hf_gpt2(tmp_path / "out")
+    for (n, a), (m, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert n == m and torch.equal(a, b), n
+    assert torch.equal(logits(model), logits(again))
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]  # no temporary files left
+
+
+def test_saved_files_hold_exactly_gpt2s_keys_shapes_and_fields(tmp_path):
+    model = random_gpt()
+    save_hf_gpt2(model, tmp_path / "out")
+    t = load_tensors(tmp_path / "out" / "model.safetensors")
+    assert set(t) == hf_key_set()  # no lm_head.weight: tied, as save_pretrained leaves it out
+    assert t["transformer.h.0.attn.c_attn.weight"].shape == (D, 3 * D)
+    assert t["transformer.h.0.mlp.c_fc.weight"].shape == (D, 4 * D)
+    assert t["transformer.h.0.mlp.c_proj.weight"].shape == (4 * D, D)
+    assert t["transformer.wpe.weight"].shape == (T, D)
+    assert all(v.dtype == torch.float32 for v in t.values())
+    assert torch.equal(t["transformer.h.1.attn.c_proj.weight"], model.transformer.h[1].attn.c_proj.weight.T)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["model_type"] == "gpt2" and cfg["architectures"] == ["GPT2LMHeadModel"]
+    assert cfg["activation_function"] == "gelu_new" and cfg["tie_word_embeddings"] is True
+    assert (cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["vocab_size"]) == (L, H, D, V)
+    assert cfg["n_positions"] == cfg["n_ctx"] == T and cfg["layer_norm_epsilon"] == 1e-5
+    assert cfg["eos_token_id"] == cfg["bos_token_id"] == V - 1
+
+
+def test_a_lora_model_is_saved_merged_and_left_as_it_was(tmp_path):
+    model = lora_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    save_hf_gpt2(model, tmp_path / "out")
+    assert all(not layer.merged for layer in lora_layers(model).values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    torch.testing.assert_close(logits(load_hf_gpt2(tmp_path / "out")), logits(model), rtol=1e-5, atol=1e-5)
+    merge(model)  # an already merged model gives the same file contents
+    save_hf_gpt2(model, tmp_path / "merged")
+    a, b = load_tensors(tmp_path / "out" / "model.safetensors"), load_tensors(tmp_path / "merged" / "model.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("config", [AdapterConfig(bottleneck=4), PromptTuningConfig(n_tokens=3, init="random")],
+                         ids=lambda c: c.name)
+def test_strategies_gpt2_cannot_hold_are_refused(tmp_path, config):
+    model = apply_strategy(random_gpt(), config)
+    with pytest.raises(ConfigError, match="save_trainable"):
+        save_hf_gpt2(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --- bad HF checkpoints -----------------------------------------------------------------------------------
+
+def test_missing_config_or_weights_are_named(tmp_path):
+    folder = write_hf(tmp_path / "gpt2", hf_tensors())
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors or pytorch_model.bin"):
+        load_hf_gpt2(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_hf_gpt2(folder)
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda t: t.pop("h.1.mlp.c_fc.bias"), "missing \\['transformer.h.1.mlp.c_fc.bias'\\]"),
+    (lambda t: t.update({"h.0.attn.extra": torch.zeros(2)}), "unexpected \\['transformer.h.0.attn.extra'\\]"),
+    (lambda t: t.update({"h.0.attn.c_attn.weight": torch.zeros(3 * D, D)}), "transformer.h.0.attn.c_attn.weight: file"),
+    (lambda t: t.update({"h.2.ln_1.weight": torch.zeros(D)}), "transformer.h.2.ln_1.weight"),  # a layer too many
+])
+def test_tensors_that_do_not_fit_the_config_are_named(tmp_path, change, named):
+    t = hf_tensors()
+    change(t)
+    with pytest.raises(CheckpointError, match=named):
+        load_hf_gpt2(write_hf(tmp_path / "gpt2", t))
+
+
+def test_an_untied_head_and_other_architectures_are_refused(tmp_path):
+    t = hf_tensors()
+    with pytest.raises(CheckpointError, match="lm_head.weight differs"):
+        load_hf_gpt2(write_hf(tmp_path / "a", {**t, "lm_head.weight": torch.randn(V, D)}))
+    for field, value in [("activation_function", "relu"), ("n_inner", 3 * D), ("model_type", "gpt_neo")]:
+        with pytest.raises(CheckpointError, match=field):
+            load_hf_gpt2(write_hf(tmp_path / field, t, config={**HF_CONFIG, field: value}))
+    with pytest.raises(CheckpointError, match="n_head"):
+        load_hf_gpt2(write_hf(tmp_path / "b", t, config={k: v for k, v in HF_CONFIG.items() if k != "n_head"}))
+
+
+class _Marker:
+    """Unpickling this would create a file: what a malicious checkpoint does instead of something worse."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_holding_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(HF_CONFIG))
+    torch.save({**hf_tensors(), "payload": _Marker(str(marker))}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="none of its code was run") as e:
+        load_hf_gpt2(folder)
+    assert "pytorch_model.bin" in str(e.value)
+    assert not marker.exists()
+
+
+def test_a_pickle_of_something_else_is_refused(tmp_path):
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(HF_CONFIG))
+    torch.save([torch.zeros(2)], folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="dict of named tensors"):
+        load_hf_gpt2(folder)
+
+
+# --- PEFT LoRA adapters --------------------------------------------------------------------------------
+
+def test_peft_adapter_round_trip_gives_identical_logits(tmp_path):
+    model = lora_model(rslora=True, dropout=0.05)
+    save_peft_lora(model, tmp_path / "adapter")
+    fresh = load_peft_lora(random_gpt(), tmp_path / "adapter").eval()
+    assert fresh.strategy == model.strategy
+    assert torch.equal(logits(fresh), logits(model))
+    assert all(not p.requires_grad for n, p in fresh.named_parameters() if "lora_" not in n)
+
+
+def test_peft_files_hold_peft_names_shapes_dtypes_and_fields(tmp_path):
+    model = lora_model()
+    save_peft_lora(model, tmp_path / "adapter", base_model_name_or_path="my/base")
+    assert sorted(os.listdir(tmp_path / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
+    t = load_tensors(tmp_path / "adapter" / "adapter_model.safetensors")
+    expected = {f"base_model.model.transformer.h.{i}.{m}.lora_{ab}.weight"
+                for i in range(L) for m in ("attn.c_attn", "mlp.c_fc") for ab in "AB"}
+    assert set(t) == expected
+    assert t["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"].shape == (4, D)  # [r, in]
+    assert t["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].shape == (3 * D, 4)  # [out, r]
+    assert t["base_model.model.transformer.h.1.mlp.c_fc.lora_B.weight"].shape == (4 * D, 4)
+    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in t.values())
+    assert torch.equal(t["base_model.model.transformer.h.1.mlp.c_fc.lora_B.weight"],
+                       model.transformer.h[1].mlp.c_fc.lora_B)
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg == {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "my/base", "r": 4,
+        "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["c_attn", "mlp.c_fc"], "use_rslora": False,
+        "fan_in_fan_out": True, "bias": "none", "inference_mode": True, "modules_to_save": None,
+        "init_lora_weights": True,
+    }
+
+
+def test_an_adapter_made_on_gpt2model_loads_too(tmp_path):
+    """PEFT on GPT2Model (no LM head) names tensors base_model.model.h.0...: the same layers."""
+    model = lora_model()
+    folder = save_peft_lora(model, tmp_path / "adapter")
+    t = load_tensors(folder / "adapter_model.safetensors")
+    save_tensors(folder / "adapter_model.safetensors", {k.replace(".transformer.", "."): v for k, v in t.items()})
+    assert torch.equal(logits(load_peft_lora(random_gpt(), folder).eval()), logits(model))
+
+
+def test_save_peft_lora_needs_lora(tmp_path):
+    with pytest.raises(ConfigError, match="LoRA"):
+        save_peft_lora(random_gpt(), tmp_path / "adapter")
+
+
+def _unchanged(model, before) -> bool:
+    return (getattr(model, "strategy", None) is None and not lora_layers(model)
+            and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+            and set(before) == set(model.state_dict()))
+
+
+PA = "base_model.model.transformer.h."  # every PEFT key starts so
+
+
+def _wider_r(cfg, t):
+    """r = 32 throughout, config and tensors alike: more than the 16-wide layers allow."""
+    cfg.update(r=32)
+    t.update({k: torch.zeros(32, v.shape[1]) if ".lora_A." in k else torch.zeros(v.shape[0], 32) for k, v in t.items()})
+
+
+BAD_ADAPTERS = {
+    "not-lora": (lambda c, t: c.update(peft_type="PREFIX_TUNING"), "peft_type is 'PREFIX_TUNING'"),
+    "no-such-module": (lambda c, t: c.update(target_modules=["c_attn", "q_proj"]), "'q_proj' matches no layer"),
+    "regex-targets": (lambda c, t: c.update(target_modules=".*c_attn"), "list of module names"),
+    "dora": (lambda c, t: c.update(use_dora=True), "use_dora"),
+    "r-differs": (lambda c, t: c.update(r=8), f"wrong shapes \\['{PA}0.attn.c_attn.lora_A.weight: file \\[4, 16\\], "
+                                              "expected \\[8, 16\\]"),
+    "r-too-wide": (_wider_r, "at most min"),
+    "missing": (lambda c, t: t.pop(f"{PA}1.mlp.c_fc.lora_B.weight"), f"missing \\['{PA}1.mlp.c_fc.lora_B.weight'\\]"),
+    "unexpected": (lambda c, t: t.update({f"{PA}0.mlp.c_proj.lora_A.weight": torch.zeros(4, 4 * D)}),
+                   f"unexpected \\['{PA}0.mlp.c_proj.lora_A.weight'\\]"),
+    "wrong-shape": (lambda c, t: t.update({f"{PA}0.attn.c_attn.lora_B.weight": torch.zeros(D, 4)}),
+                    f"{PA}0.attn.c_attn.lora_B.weight: file \\[16, 4\\], expected \\[48, 4\\]"),
+}
+
+
+@pytest.mark.parametrize("change, message", BAD_ADAPTERS.values(), ids=BAD_ADAPTERS.keys())
+def test_bad_adapters_are_refused_and_leave_the_model_unchanged(tmp_path, change, message):
+    folder = save_peft_lora(lora_model(), tmp_path / "adapter")
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    t = load_tensors(folder / "adapter_model.safetensors")
+    change(cfg, t)
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    save_tensors(folder / "adapter_model.safetensors", t)
+    base = random_gpt(1)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_peft_lora(base, folder)
+    assert "adapter_" in str(e.value)  # the file is named
+    assert _unchanged(base, before)
+
+
+def test_adapter_folder_without_files_is_named(tmp_path):
+    folder = save_peft_lora(lora_model(), tmp_path / "adapter")
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors or adapter_model.bin"):
+        load_peft_lora(random_gpt(), folder)
+    (folder / "adapter_config.json").unlink()
+    with pytest.raises(CheckpointError, match="adapter_config.json"):
+        load_peft_lora(random_gpt(), folder)
+
+
+def test_load_peft_lora_needs_a_plain_base(tmp_path):
+    folder = save_peft_lora(lora_model(), tmp_path / "adapter")
+    with pytest.raises(ConfigError, match="plain base"):
+        load_peft_lora(lora_model(), folder)
+
+
+def test_a_peft_adapter_loads_onto_a_base_read_from_hf(tmp_path):
+    """The two halves together: a real-layout base from disk plus an adapter gives the LoRA model's logits."""
+    model = lora_model()
+    plain = copy.deepcopy(model)
+    for name, layer in lora_layers(plain).items():  # strip the LoRA layers back to the frozen linears
+        parent, _, child = name.rpartition(".")
+        linear = torch.nn.Linear(layer.in_features, layer.out_features)
+        linear.weight, linear.bias = layer.weight, layer.bias
+        setattr(plain.get_submodule(parent), child, linear)
+    plain.strategy = None
+    save_hf_gpt2(plain, tmp_path / "base")
+    save_peft_lora(model, tmp_path / "adapter")
+    again = load_peft_lora(load_hf_gpt2(tmp_path / "base"), tmp_path / "adapter")
+    assert isinstance(again.transformer.h[0].mlp.c_fc, LoRALinear)
+    torch.testing.assert_close(logits(again), logits(model), rtol=1e-6, atol=1e-6)
+
+
+# --- parity with transformers and peft (skipped where they are not installed) ----------------------------
+
+def _hf_model(seed=0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=D, n_layer=L, n_head=H,
+                                     bos_token_id=V - 1, eos_token_id=V - 1)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+def _hf_logits(model, x=None):
+    with torch.no_grad():
+        return model(ids() if x is None else x).logits
+
+
+def _report(name, a, b):
+    diff = (a - b).abs().max().item()
+    print(f"{name}: max abs logit difference {diff:.3g}")
+    return diff
+
+
+def test_parity_transformers_save_pretrained_to_minitune(tmp_path):
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_hf_gpt2(tmp_path / "hf")
+    assert _report("HF -> minitune", logits(ours), _hf_logits(hf)) < 1e-4
+
+
+def test_parity_minitune_to_transformers_from_pretrained(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = random_gpt()
+    save_hf_gpt2(model, tmp_path / "out")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    assert _report("minitune -> HF", _hf_logits(hf), logits(model)) < 1e-4
+
+
+def test_parity_minitune_lora_loads_into_peft(tmp_path):
+    peft = pytest.importorskip("peft")
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    model = apply_strategy(load_hf_gpt2(tmp_path / "hf"), LoRAConfig(r=4, alpha=8, targets=("c_attn", "mlp.c_fc")))
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_(0, 0.2)
+    save_peft_lora(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "hf"))
+    base_logits = _hf_logits(hf)
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    assert _report("minitune LoRA -> PEFT", _hf_logits(peft_model), logits(model.eval())) < 1e-4
+    assert (_hf_logits(peft_model) - base_logits).abs().max() > 1e-2  # the update is there to be compared
+
+
+def test_parity_peft_adapter_loads_into_minitune(tmp_path):
+    peft = pytest.importorskip("peft")
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "mlp.c_fc"], fan_in_fan_out=True,
+                             task_type="CAUSAL_LM", use_rslora=True)
+    peft_model = peft.get_peft_model(hf, config)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    model = load_peft_lora(load_hf_gpt2(tmp_path / "hf"), tmp_path / "adapter").eval()
+    assert (model.strategy.r, model.strategy.alpha, model.strategy.rslora) == (4, 8, True)
+    assert set(model.strategy.targets) == {"c_attn", "mlp.c_fc"}  # PEFT keeps them as a set
+    assert _report("PEFT -> minitune LoRA", logits(model), _hf_logits(peft_model.eval())) < 1e-4
