@@ -97,16 +97,18 @@ def flops_per_token(model: nn.Module, seq_len: int) -> tuple[int, str]:
 # ----------------------------------------------------------------------------------------- the timer
 @dataclass
 class Case:
-    """One timed piece of work; `fn` runs it once, `reps` times per round."""
+    """One timed piece of work: `fn` runs it once."""
 
     section: str
     size: str
     name: str
     fn: Callable[[], None]
     warmup: Callable[[], None] | None = None  # a cheaper stand-in for the warm-up run
-    calibrate: bool = True  # choose reps so a round of this case lasts about min_case_s
-    reps: int = 1
     times: list[float] = field(default_factory=list)  # seconds per run, one per round
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return self.section, self.size
 
     @property
     def median(self) -> float:
@@ -120,30 +122,45 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _time(fn: Callable[[], None], reps: int, device: torch.device) -> float:
-    """Mean seconds of one fn() over reps runs."""
+def _time(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one fn()."""
     _sync(device)
     t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
+    fn()
     _sync(device)
-    return (time.perf_counter() - t0) / reps
+    return time.perf_counter() - t0
 
 
-def run_interleaved(cases: list[Case], rounds: int, device: torch.device, min_case_s: float,
+def run_interleaved(cases: list[Case], rounds: int, device: torch.device, min_group_s: float,
                     log: Callable[[str], None]) -> None:
-    """Warm up every case, then run all of them round-robin `rounds` times, recording per-round times."""
-    t0 = time.perf_counter()
+    """Warm up every case, then time all of them round-robin for `rounds` rounds.
+
+    Cases compared with each other (a section on one size: the four training steps, the three forward
+    passes) form a group. A round runs every group; within a group the cases alternate run by run
+    (a b c a b c ...), `reps` runs each, so noise hits them alike even at short time scales. A case's
+    per-round time is the median of its runs in that round; its result, the median over rounds.
+    """
+    groups: dict[tuple[str, str], list[Case]] = {}
     for c in cases:
-        t = _time(c.warmup or c.fn, 1, device)
-        if c.calibrate:
-            c.reps = max(1, min(50, math.ceil(min_case_s / max(t, 1e-6))))
+        groups.setdefault(c.group, []).append(c)
+    reps = {}
+    t0 = time.perf_counter()
+    for key, group in groups.items():  # warm-up; picks reps so a group's round lasts about min_group_s
+        t = sum(_time(c.warmup or c.fn, device) for c in group)
+        slow = any(c.warmup is not None for c in group)  # its real run is far longer than its warm-up
+        reps[key] = 1 if slow else max(1, min(50, math.ceil(min_group_s / max(t, 1e-6))))
     log(f"warm-up done ({time.perf_counter() - t0:.1f}s)")
+    order = list(groups)
     for r in range(rounds):
         t1 = time.perf_counter()
-        k = r % len(cases)  # start each round at a different case, so no case always runs first
-        for c in cases[k:] + cases[:k]:
-            c.times.append(_time(c.fn, c.reps, device))
+        k = r % len(order)  # start each round at another group, so no group always runs first
+        for key in order[k:] + order[:k]:
+            runs: dict[str, list[float]] = {c.name: [] for c in groups[key]}
+            for _ in range(reps[key]):
+                for c in groups[key]:
+                    runs[c.name].append(_time(c.fn, device))
+            for c in groups[key]:
+                c.times.append(statistics.median(runs[c.name]))
         log(f"round {r + 1}/{rounds} done ({time.perf_counter() - t1:.1f}s, {time.perf_counter() - t0:.0f}s so far)")
 
 
@@ -215,7 +232,7 @@ def generation_case(size: str, model: GPT, use_cache: bool, device: torch.device
         return go
 
     return Case("generation", size, "with KV cache" if use_cache else "without cache", run(new),
-                warmup=run(min(8, new)), calibrate=False)
+                warmup=run(min(8, new)))
 
 
 def matmul_case(n: int, device: torch.device) -> Case:
@@ -293,7 +310,7 @@ def run_bench(sizes: str | list[str] | tuple[str, ...] = ("tiny", "large"), roun
     cases += [matmul_case(n, dev) for n in (MATMUL_SIZES[:1] if quick else MATMUL_SIZES)]
 
     log(f"{len(cases)} cases, {rounds} rounds")
-    run_interleaved(cases, rounds, dev, min_case_s=0.05 if quick else 0.25, log=log)
+    run_interleaved(cases, rounds, dev, min_group_s=0.1 if quick else 0.5, log=log)
     result = _collect(cases, memory, train_models, names, largest, batch_size, rounds, dev, quick)
     result["seconds"] = time.perf_counter() - t_start
     return result

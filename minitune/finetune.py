@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from minitune.checkpoint import atomic_write_json, read_json
-from minitune.data.batches import SupervisedBatches
+from minitune.data.batches import SupervisedBatches, TokenStream, encode_documents
 from minitune.data.jsonl import load_jsonl_task
 from minitune.data.tasks import Example, Task, load_task
 from minitune.pretrain import load_base, load_run, runs_dir
@@ -74,6 +74,18 @@ def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | No
         "tokens_per_s": round(result.tokens_per_s, 1),
     })
     return model, enc, out
+
+
+def continue_pretraining(model, enc, train_docs: list[str], val_docs: list[str], max_steps: int = 200,
+                         batch_size: int = 16, lr: float = 1e-3, seed: int = 0, device: str = "auto",
+                         quiet: bool = True):
+    """Go on with the language-modelling objective on new documents (domain adaptation, new facts)."""
+    block = model.max_input_tokens
+    train_data = TokenStream(encode_documents(enc, train_docs), block, batch_size, seed=seed)
+    val_data = TokenStream(encode_documents(enc, val_docs), block, batch_size, seed=seed, max_eval_batches=10)
+    cfg = TrainConfig(max_steps=max_steps, lr=lr, min_lr=lr / 10, warmup_steps=max_steps // 10,
+                      eval_every=max_steps, seed=seed, device=device, quiet=quiet)
+    return train(model, train_data, val_data, cfg)
 
 
 def open_run(path: str | Path, device="cpu"):
