@@ -29,19 +29,18 @@ they stand, and the scaling is the same: lora_alpha / r (rsLoRA: lora_alpha / sq
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from minitune.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
+from minitune.checkpoint import atomic_write_json, load_tensors, read_json, safe_torch_load, save_tensors
 from minitune.errors import CheckpointError, ConfigError
 from minitune.model import GPT, GPTConfig
 from minitune.strategies import apply_strategy
 from minitune.strategies.full import FullConfig
-from minitune.strategies.lora import LoRAConfig, _matches, adaptable_layers, lora_layers, merged_state_dict
+from minitune.strategies.lora import LoRAConfig, lora_layers, merged_state_dict, target_layers
 
 HF_CONFIG, HF_SAFETENSORS, HF_BIN = "config.json", "model.safetensors", "pytorch_model.bin"
 PEFT_CONFIG, PEFT_SAFETENSORS, PEFT_BIN = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"
@@ -231,16 +230,14 @@ def _lora_config_from_peft(peft: dict, file: Path) -> LoRAConfig:
 
 def _lora_shapes(model: nn.Module, config: LoRAConfig, file: Path) -> dict[str, torch.Size]:
     """The lora_A [r, in] and lora_B [out, r] shapes applying `config` to `model` would create, by name."""
-    layers = adaptable_layers(model)
+    try:
+        chosen = target_layers(model, config)
+    except ConfigError as e:
+        raise CheckpointError(f"{file}: {e}") from e
     shapes = {}
-    for target in config.targets:
-        chosen = {n: m for n, m in layers.items() if _matches(n, target)}
-        if not chosen:
-            known = sorted({".".join(n.split(".")[-2:]) for n in layers})
-            raise CheckpointError(f"{file}: target module {target!r} matches no layer; layers are {known}")
-        for name, m in chosen.items():
-            shapes[_peft_key(name, "A")] = torch.Size([config.r, m.in_features])
-            shapes[_peft_key(name, "B")] = torch.Size([m.out_features, config.r])
+    for name, m in chosen.items():
+        shapes[_peft_key(name, "A")] = torch.Size([config.r, m.in_features])
+        shapes[_peft_key(name, "B")] = torch.Size([m.out_features, config.r])
     return shapes
 
 
@@ -277,15 +274,7 @@ def _read_weights(folder: Path, safetensors_name: str, bin_name: str) -> tuple[d
 
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     """A pickled dict of tensors, read with weights_only=True so no code in the file can run."""
-    try:
-        obj = torch.load(file, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{file} was refused: it holds something other than plain tensors (or is not a PyTorch file); "
-            "none of its code was run (torch's reason is in the chained exception)"
-        ) from e
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"cannot read weights from {file}: {e}") from e
+    obj = safe_torch_load(file)
     if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         raise CheckpointError(f"{file} should hold a dict of named tensors, found {type(obj).__name__}")
     return obj

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitune.checkpoint import atomic_write_json, load_model, save_model
+from minitune.checkpoint import atomic_write_json, load_model, read_json, save_model
 from minitune.data import load_text_corpus, pretraining_corpus, split
 from minitune.data.batches import TokenStream, encode_documents
-from minitune.errors import ConfigError
+from minitune.errors import CheckpointError, ConfigError
 from minitune.model import GPT, GPTConfig, PRESETS
 from minitune.tokenizer import get_tokenizer
 from minitune.train import TrainConfig, seed_everything, train
@@ -98,16 +98,33 @@ def pretrain(
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu"):
-    """A saved run: (model, tokenizer, metadata)."""
+    """A saved base: (model, tokenizer, metadata). Also reads a Hugging Face GPT-2 checkpoint folder,
+    with GPT-2's tokenizer (from the folder's vocab.json + merges.txt if present, else tiktoken's)."""
+    path = Path(path)
+    if is_hf_checkpoint(path):
+        from minitune.interop import load_hf_gpt2
+
+        tokenizer = str(path) if (path / "vocab.json").is_file() else "gpt2"
+        return load_hf_gpt2(path, device), get_tokenizer(tokenizer), {"tokenizer": tokenizer, "hf_checkpoint": True}
     model, meta = load_model(path, device)
     return model, get_tokenizer(meta.get("tokenizer", "minitune")), meta
 
 
+def is_hf_checkpoint(path: str | Path) -> bool:
+    """Does the folder hold a Hugging Face GPT-2 checkpoint (its config.json has GPT-2's fields)?"""
+    try:
+        config = read_json(Path(path) / "config.json")
+    except CheckpointError:
+        return False
+    return "model" not in config and "n_layer" in config
+
+
 def load_base(path: str | Path | None = None, device: str | torch.device = "cpu") -> GPT:
-    """The model saved in a run folder; with no path, the cached `tiny` base (pretrained first if missing)."""
+    """The model saved in a run folder (or a GPT-2 checkpoint folder); with no path, the cached `tiny`
+    base, pretrained first if missing."""
     if path is None:
         path = runs_dir() / "base-tiny"
         if not (path / "config.json").is_file():
             pretrain("tiny", out=path)
-    return load_model(path, device)[0]
+    return load_run(path, device)[0]
 

@@ -463,3 +463,27 @@ def test_parity_peft_adapter_loads_into_minitune(tmp_path):
     assert (model.strategy.r, model.strategy.alpha, model.strategy.rslora) == (4, 8, True)
     assert set(model.strategy.targets) == {"c_attn", "mlp.c_fc"}  # PEFT keeps them as a set
     assert _report("PEFT -> minitune LoRA", logits(model), _hf_logits(peft_model.eval())) < 1e-4
+
+
+def test_a_gpt2_checkpoint_folder_is_a_base_for_finetune_and_lessons(tmp_path):
+    """`--base PATH` takes a GPT-2 checkpoint folder: the model through load_hf_gpt2, GPT-2's tokenizer from
+    the folder's vocab.json + merges.txt (here a small one in GPT-2's layout)."""
+    import json as _json
+
+    from minitune.cli import main
+    from minitune.pretrain import load_run
+    from minitune.tokenizer import EOT
+
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    chars = {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+    vocab = {chars[b]: i for i, b in enumerate(sorted(range(256), key=lambda b: ord(chars[b])))}
+    vocab[EOT] = 256
+    torch.manual_seed(0)
+    save_hf_gpt2(GPT(GPTConfig(vocab_size=257, block_size=128, n_layer=1, n_head=2, n_embd=16)), tmp_path / "gpt2")
+    (tmp_path / "gpt2" / "vocab.json").write_text(_json.dumps(vocab))
+    (tmp_path / "gpt2" / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    model, enc, meta = load_run(tmp_path / "gpt2")
+    assert meta["hf_checkpoint"] and enc.n_vocab == 257 and model.config.vocab_size == 257
+    assert main(["finetune", "--base", str(tmp_path / "gpt2"), "--task", "qa", "--strategy", "lora", "--r", "2",
+                 "--out", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0

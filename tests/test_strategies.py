@@ -1,6 +1,7 @@
 """Every strategy's math, as properties over random shapes, ranks, scales and seeds."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -306,11 +307,14 @@ def test_load_onto_a_different_base_is_refused_and_leaves_the_model_unchanged(tm
     with pytest.raises(CheckpointError, match="another base.*n_embd"):
         load_trainable(other, tmp_path / "lora")
     # same config, tampered tensors: a shape mismatch names the tensor
-    from minitune.checkpoint import load_tensors, save_tensors
+    from minitune.checkpoint import load_tensors, save_tensors, sha256_file
     t = load_tensors(tmp_path / "lora" / "trainable.safetensors")
     name = sorted(t)[0]
     t[name] = torch.zeros(3, 3)
     save_tensors(tmp_path / "lora" / "trainable.safetensors", t)
+    meta = json.loads((tmp_path / "lora" / "strategy.json").read_text())  # a consistent file, wrong shapes
+    meta["sha256"] = sha256_file(tmp_path / "lora" / "trainable.safetensors")
+    (tmp_path / "lora" / "strategy.json").write_text(json.dumps(meta))
     fresh = base()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     with pytest.raises(CheckpointError, match=f"wrong shapes.*{name}"):

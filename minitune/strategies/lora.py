@@ -115,18 +115,23 @@ def adaptable_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".h." in f".{n}"}
 
 
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
+def target_layers(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Linear]:
+    """The layers config.targets names: a layer matches a target equal to its name or ending it after a dot."""
+    layers = adaptable_layers(model)
+
+    def matches(name: str, target: str) -> bool:
+        return name == target or name.endswith("." + target)
+
+    for target in config.targets:
+        if not any(matches(n, target) for n in layers):
+            known = sorted({".".join(n.split(".")[-2:]) for n in layers})
+            raise ConfigError(f"LoRAConfig.targets entry {target!r} matches no layer; layers are {known}")
+    return {n: m for n, m in layers.items() if any(matches(n, t) for t in config.targets)}
 
 
 def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """Freeze the model and wrap every linear layer named by config.targets in a LoRALinear."""
-    layers = adaptable_layers(model)
-    for target in config.targets:
-        if not any(_matches(n, target) for n in layers):
-            known = sorted({".".join(n.split(".")[-2:]) for n in layers})
-            raise ConfigError(f"LoRAConfig.targets entry {target!r} matches no layer; layers are {known}")
-    chosen = {n: m for n, m in layers.items() if any(_matches(n, t) for t in config.targets)}
+    chosen = target_layers(model, config)
     for name, layer in chosen.items():
         if config.r > min(layer.in_features, layer.out_features):
             raise ConfigError(
