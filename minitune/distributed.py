@@ -37,8 +37,8 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    """Only rank 0 logs and writes checkpoints."""
-    return rank() == 0
+    """Only rank 0 logs and writes files (before the group is joined, torchrun's RANK says who is 0)."""
+    return rank() == 0 if dist.is_initialized() else int(os.environ.get("RANK", "0")) == 0
 
 
 def local_device(device: torch.device) -> torch.device:

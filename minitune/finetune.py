@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from minitune import distributed
 from minitune.checkpoint import atomic_write_json, read_json
 from minitune.data.batches import SupervisedBatches, TokenStream, encode_documents
 from minitune.data.jsonl import load_jsonl_task
@@ -60,19 +61,20 @@ def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | No
     room = model.max_input_tokens
     train_data = supervised(task, "train", enc, room, batch_size, seed)
     val_data = supervised(task, "validation", enc, room, batch_size, max_eval_examples=200)
-    if not quiet:
+    if not quiet and distributed.is_main():
         print(f"{task.name} with {strategy.name}: trainable params: {trainable:,} || all params: {total:,} "
               f"|| trainable%: {100 * trainable / total:.2f}", flush=True)
     t0 = time.perf_counter()
     result = train(model, train_data, val_data, cfg, out_dir=out, save=save_trainable, resume=resume)
     model = load_trainable(model, out / "best")
-    atomic_write_json(out / RUN, {
-        "base": str(base.resolve()), "tokenizer": base_meta.get("tokenizer", "minitune"), "task": task.name,
-        "strategy": strategy.name, "train": {**vars(cfg), "batch_size": batch_size},
-        "trainable_params": trainable, "total_params": total, "best_val_loss": result.best_val_loss,
-        "history": result.history, "seconds": round(time.perf_counter() - t0, 1),
-        "tokens_per_s": round(result.tokens_per_s, 1),
-    })
+    if distributed.is_main():
+        atomic_write_json(out / RUN, {
+            "base": str(base.resolve()), "tokenizer": base_meta.get("tokenizer", "minitune"), "task": task.name,
+            "strategy": strategy.name, "train": {**vars(cfg), "batch_size": batch_size},
+            "trainable_params": trainable, "total_params": total, "best_val_loss": result.best_val_loss,
+            "history": result.history, "seconds": round(time.perf_counter() - t0, 1),
+            "tokens_per_s": round(result.tokens_per_s, 1),
+        })
     return model, enc, out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minitune import distributed
 from minitune.checkpoint import atomic_write_json, load_model, read_json, save_model
 from minitune.data import load_text_corpus, pretraining_corpus, split
 from minitune.data.batches import TokenStream, encode_documents
@@ -59,7 +60,8 @@ def pretrain(
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     recipe = RECIPES[preset]
     out = Path(out) if out is not None else runs_dir() / f"base-{preset}"
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    main = distributed.is_main()  # under torchrun only rank 0 speaks and writes
+    say = (lambda *a: None) if quiet or not main else (lambda *a: print(*a, flush=True))
 
     t0 = time.perf_counter()
     enc = get_tokenizer(tokenizer)
@@ -86,6 +88,8 @@ def pretrain(
 
     baseline = unigram_loss(train_tokens, val_tokens, enc.n_vocab)
     seconds = time.perf_counter() - t0
+    if not main:
+        return out
     save_model(model, out, tokenizer=tokenizer, preset=preset, seed=seed, corpus=str(corpus or "tiny-world"),
                val_loss=result.val_loss, unigram_val_loss=baseline, steps=result.steps,
                train_tokens_seen=result.tokens, tokens_per_s=round(result.tokens_per_s, 1),
