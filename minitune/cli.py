@@ -1,4 +1,4 @@
-"""The `minitune` command line: pretrain, finetune, evaluate, generate, build-tokenizer.
+"""The `minitune` command line: pretrain, finetune, evaluate, generate, bench, build-tokenizer.
 
 Each subcommand calls the same functions the lessons call, so what a lesson shows can be repeated on
 your own data.
@@ -146,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", default="<|endoftext|>", help="cut the text where this string appears")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(handler=_generate)
+
+    from minitune.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
 
     tok = sub.add_parser("build-tokenizer", help="retrain the built-in BPE vocabulary (reproducible)")
     tok.add_argument("--out", default=None, help="ranks file to write (default: the package asset)")
