@@ -1,9 +1,14 @@
 """`minitune bench`: what each strategy costs in time and bytes, measured on this machine, in one run.
 
 Every timed case (a training step of each strategy on each size, a forward pass, a generation, a large
-matmul) runs round-robin for several rounds, so a burst of machine noise hits every case alike; a case's
-time is the median of its per-round times. One untimed warm-up round comes first (it also allocates
-AdamW's state and picks how many repetitions make a round of each case last long enough to time).
+matmul) runs round-robin for several rounds, so a burst of machine noise hits every case alike; cases
+compared with each other alternate run by run; a case's time is the median of its per-round times. An
+untimed warm-up comes first (it allocates AdamW's state and picks how many runs fill a round). The
+generation pair (with and without the KV cache), by far the slowest, runs in every other round only.
+
+Targets (checked on the largest size run, printed as met / NOT MET, never tuned to pass): LoRA step
+<= 0.72 x full; LoRA optimizer and gradient bytes <= 2% of full; merged LoRA forward within 3% of the
+base, unmerged within 15%; generation with the cache >= 5 x without; full fine-tuning MFU >= 75%.
 
 FLOPs per token of a training step on a sequence of T positions, L layers of width d:
 
@@ -104,7 +109,8 @@ class Case:
     name: str
     fn: Callable[[], None]
     warmup: Callable[[], None] | None = None  # a cheaper stand-in for the warm-up run
-    times: list[float] = field(default_factory=list)  # seconds per run, one per round
+    every: int = 1  # run in every `every`-th round only (for the one case that takes most of a round)
+    times: list[float] = field(default_factory=list)  # seconds per run, one per round it ran in
 
     @property
     def group(self) -> tuple[str, str]:
@@ -139,6 +145,8 @@ def run_interleaved(cases: list[Case], rounds: int, device: torch.device, min_gr
     passes) form a group. A round runs every group; within a group the cases alternate run by run
     (a b c a b c ...), `reps` runs each, so noise hits them alike even at short time scales. A case's
     per-round time is the median of its runs in that round; its result, the median over rounds.
+    A group with `every` = k runs in rounds 1, 1 + k, 1 + 2k, ... only (generation, whose uncached half
+    alone would take most of each round).
     """
     groups: dict[tuple[str, str], list[Case]] = {}
     for c in cases:
@@ -155,6 +163,8 @@ def run_interleaved(cases: list[Case], rounds: int, device: torch.device, min_gr
         t1 = time.perf_counter()
         k = r % len(order)  # start each round at another group, so no group always runs first
         for key in order[k:] + order[:k]:
+            if r % groups[key][0].every:
+                continue
             runs: dict[str, list[float]] = {c.name: [] for c in groups[key]}
             for _ in range(reps[key]):
                 for c in groups[key]:
@@ -171,11 +181,6 @@ def _batch(cfg: GPTConfig, batch: int, seq: int, device: torch.device, seed: int
     return x[:, :-1].contiguous().to(device), x[:, 1:].contiguous().to(device)
 
 
-def _input_len(model: nn.Module) -> int:
-    """Input tokens that fill the context (a soft prompt takes some of it)."""
-    return model.max_input_tokens
-
-
 def build_models(base: GPT) -> dict[str, nn.Module]:
     """The base with each strategy applied (each on its own copy)."""
     return {name: apply_strategy(copy.deepcopy(base), cfg) for name, cfg in STRATEGIES.items()}
@@ -185,7 +190,7 @@ def training_case(size: str, name: str, model: nn.Module, batch_size: int, devic
     """One optimizer step: forward, backward, AdamW step (make_optimizer), zero_grad."""
     model.to(device).train()
     optimizer = make_optimizer(model, TrainConfig(lr=1e-4, warmup_steps=0), device)
-    x, y = _batch(model.config, batch_size, _input_len(model), device, seed=1)
+    x, y = _batch(model.config, batch_size, model.max_input_tokens, device, seed=1)
 
     def step() -> None:
         with autocast_for(device):
@@ -232,7 +237,7 @@ def generation_case(size: str, model: GPT, use_cache: bool, device: torch.device
         return go
 
     return Case("generation", size, "with KV cache" if use_cache else "without cache", run(new),
-                warmup=run(min(8, new)))
+                warmup=run(min(8, new)), every=2)
 
 
 def matmul_case(n: int, device: torch.device) -> Case:
@@ -262,6 +267,8 @@ def machine_info(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
         info["accelerator"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):  # other processes' CPU use skews every timing here
+        info["load_average_1min"] = os.getloadavg()[0]
     return info
 
 
@@ -287,6 +294,7 @@ def run_bench(sizes: str | list[str] | tuple[str, ...] = ("tiny", "large"), roun
     dev = resolve_device(device)
     log = (lambda s: print(f"bench: {s}", file=sys.stderr, flush=True)) if progress else (lambda s: None)
     t_start = time.perf_counter()
+    machine = machine_info(dev)  # before the run: the load average then is other processes' only
     torch.manual_seed(0)
     bases = {s: GPT(SIZES[s]) for s in names}
     largest = max(names, key=lambda s: bases[s].num_parameters())
@@ -297,9 +305,9 @@ def run_bench(sizes: str | list[str] | tuple[str, ...] = ("tiny", "large"), roun
         models = build_models(bases[s])
         train_models[s] = models
         for strat, m in models.items():
-            batch = _batch(m.config, 1, min(16, _input_len(m)), torch.device("cpu"), seed=5)
-            memory.append({"size": s, "strategy": strat, "trainable_params": trainable_parameters(m)[0],
-                           "params": trainable_parameters(m)[1],
+            batch = _batch(m.config, 1, min(16, m.max_input_tokens), torch.device("cpu"), seed=5)
+            trainable, total = trainable_parameters(m)
+            memory.append({"size": s, "strategy": strat, "trainable_params": trainable, "params": total,
                            "measured": measure_training_memory(m, batch), "formula": memory_formula(m)})
             cases.append(training_case(s, strat, m, batch_size, dev))
     infer = {s: inference_models(bases[s], dev) for s in names}
@@ -310,8 +318,9 @@ def run_bench(sizes: str | list[str] | tuple[str, ...] = ("tiny", "large"), roun
     cases += [matmul_case(n, dev) for n in (MATMUL_SIZES[:1] if quick else MATMUL_SIZES)]
 
     log(f"{len(cases)} cases, {rounds} rounds")
-    run_interleaved(cases, rounds, dev, min_group_s=0.1 if quick else 0.5, log=log)
+    run_interleaved(cases, rounds, dev, min_group_s=0.1 if quick else 1.0, log=log)
     result = _collect(cases, memory, train_models, names, largest, batch_size, rounds, dev, quick)
+    result["machine"] = machine
     result["seconds"] = time.perf_counter() - t_start
     return result
 
@@ -334,7 +343,7 @@ def _collect(cases: list[Case], memory: list[dict], train_models: dict, names: l
             training.append({
                 "size": s, "strategy": strat, "trainable_params": trainable_parameters(m)[0],
                 "flop_params": n, "ms_per_step": 1000 * c.median,
-                "tokens_per_s": batch_size * _input_len(m) / c.median,
+                "tokens_per_s": batch_size * m.max_input_tokens / c.median,
                 "flops_per_token": fpt, "flop_formula": formula, "flops_per_s": achieved,
                 "mfu": achieved / peak, "rounds_ms": [1000 * t for t in c.times],
             })
@@ -350,10 +359,10 @@ def _collect(cases: list[Case], memory: list[dict], train_models: dict, names: l
     generation = [{"size": largest, "case": name, "prompt_tokens": PROMPT_TOKENS, "new_tokens": new,
                    "seconds": by[("generation", largest, name)].median,
                    "tokens_per_s": new / by[("generation", largest, name)].median,
+                   "runs": len(by[("generation", largest, name)].times),
                    "rounds_s": by[("generation", largest, name)].times}
                   for name in ("with KV cache", "without cache")]
     result = {
-        "machine": machine_info(dev),
         "settings": {"sizes": names, "rounds": rounds, "batch_size": batch_size, "quick": quick,
                      "target_size": largest, "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
                      "strategies": STRATEGY_NOTES,
@@ -409,15 +418,24 @@ def format_report(result: dict) -> str:
            f"device {m['device']}" + (f" ({m['accelerator']})" if "accelerator" in m else ""),
            f"sizes {', '.join(st['sizes'])} | {st['rounds']} rounds, interleaved, median | "
            f"train batch {st['batch_size']} | {st['dtype']} | wall time {result.get('seconds', 0):.0f}s",
-           "strategies: " + "; ".join(f"{k}: {v}" for k, v in st["strategies"].items()), ""]
+           "strategies: " + "; ".join(f"{k}: {v}" for k, v in st["strategies"].items())]
+    load = m.get("load_average_1min")
+    if load is not None:
+        busy = load > 0.5 * m["cores"]
+        out.append(f"load average before the run: {load:.2f} on {m['cores']} cores"
+                   + (" -- WARNING: other processes were using the CPU; every timing below is noisy, and "
+                      "cases made of many small ops (LoRA's side path, cached generation) suffer most"
+                      if busy else ""))
+    out.append("")
     mm = result["matmul"]
     out.append("matmul reference: " + ", ".join(f"{r['n']}x{r['n']} {r['flops_per_s'] / 1e9:.1f} GFLOP/s"
                                                 for r in mm["sizes"])
                + f" -> {mm['peak_flops_per_s'] / 1e9:.1f} GFLOP/s = 100% MFU")
     out += ["", "TRAINING STEP (forward + backward + AdamW step, full context)"]
-    out += _table(["size", "strategy", "trainable", "ms/step", "tokens/s", "MFLOP/token", "GFLOP/s", "MFU",
-                   "formula"],
+    out += _table(["size", "strategy", "trainable", "ms/step", "rounds min-max", "tokens/s", "MFLOP/token",
+                   "GFLOP/s", "MFU", "formula"],
                   [[r["size"], r["strategy"], f"{r['trainable_params']:,}", f"{r['ms_per_step']:.1f}",
+                    f"{min(r['rounds_ms']):.0f}-{max(r['rounds_ms']):.0f}",
                     f"{r['tokens_per_s']:,.0f}", f"{r['flops_per_token'] / 1e6:.1f}",
                     f"{r['flops_per_s'] / 1e9:.1f}", f"{100 * r['mfu']:.0f}%", r["flop_formula"]]
                    for r in result["training"]])
@@ -432,12 +450,14 @@ def format_report(result: dict) -> str:
                                                                                 "optimizer")) else "NO"]
                    for r in result["memory"]])
     out += ["", "INFERENCE (one forward pass, batch 1, full context)"]
-    out += _table(["size", "model", "seq", "ms", "vs base"],
-                  [[r["size"], r["case"], str(r["seq_len"]), f"{r['ms']:.2f}", f"{r['vs_base']:.3f}x"]
+    out += _table(["size", "model", "seq", "ms", "rounds min-max", "vs base"],
+                  [[r["size"], r["case"], str(r["seq_len"]), f"{r['ms']:.2f}",
+                    f"{min(r['rounds_ms']):.1f}-{max(r['rounds_ms']):.1f}", f"{r['vs_base']:.3f}x"]
                    for r in result["inference"]])
     g0 = result["generation"][0]
     out += ["", f"GENERATION (greedy, batch 1, {g0['prompt_tokens']}-token prompt + {g0['new_tokens']} new "
-            f"tokens = the whole {g0['prompt_tokens'] + g0['new_tokens']}-token context)"]
+            f"tokens = the whole {g0['prompt_tokens'] + g0['new_tokens']}-token context; timed in every other "
+            f"round: median of {g0['runs']} runs)"]
     out += _table(["size", "case", "new tokens", "seconds", "tokens/s"],
                   [[r["size"], r["case"], str(r["new_tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:,.1f}"]
                    for r in result["generation"]])

@@ -18,7 +18,7 @@ FIELDS = {
     "training": ["ms_per_step", "tokens_per_s", "flops_per_token", "flops_per_s", "mfu", "trainable_params",
                  "flop_params", "rounds_ms"],
     "inference": ["ms", "vs_base", "seq_len", "batch", "rounds_ms"],
-    "generation": ["seconds", "tokens_per_s", "new_tokens", "prompt_tokens", "rounds_s"],
+    "generation": ["seconds", "tokens_per_s", "new_tokens", "prompt_tokens", "runs", "rounds_s"],
     "memory": ["trainable_params", "params", "measured", "formula"],
 }
 

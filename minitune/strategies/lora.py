@@ -91,8 +91,9 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
-        # (..., in) -> (..., r) -> (..., out): two thin matmuls beside the frozen one
-        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        # (..., in) -> (..., r) -> (..., out): two thin matmuls beside the frozen one. The scale goes on
+        # the small B (out x r), not on the (..., out) activations: one less pass over a big tensor.
+        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B * self.scaling)
 
     @torch.no_grad()
     def merge(self) -> None:
