@@ -27,23 +27,22 @@ trains a small set of new or chosen parameters instead; the later lessons take e
 
 from __future__ import annotations
 
-import copy
 import statistics
 import tempfile
 from collections import Counter
 
 import torch
 
-from minitune.data import domain_corpus, pretraining_corpus, split
+from minitune.data import domain_corpus, split
 from minitune.data.tasks import load_task
-from minitune.evaluate import evaluate_task, generate_text, prompt_for
+from minitune.evaluate import HEADLINE_METRIC, evaluate_task, generate_text, prompt_for
 from minitune.finetune import continue_pretraining, finetune, supervised
-from minitune.lesson import Lesson, perplexity, step_time_ms
+from minitune.lesson import Lesson, held_out_text, perplexity, step_time_ms
 from minitune.memory import file_size, human_bytes, measure_training_memory
 from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
                                  save_trainable, trainable_parameters)
 
-TASKS = {"sentiment": "accuracy", "summarization": "rougeL_f1", "qa": "exact_match", "code": "pass@1"}
+TASKS = {name: HEADLINE_METRIC[name] for name in ("sentiment", "summarization", "qa", "code")}
 STRATEGIES = [FullConfig(), LoRAConfig(r=8, targets=("c_attn", "c_fc")), AdapterConfig(bottleneck=16),
               PromptTuningConfig(n_tokens=20)]
 
@@ -55,7 +54,7 @@ def general_but_no_expert(lesson: Lesson) -> None:
     text = generate_text(model, enc, prompt, 40, stop="<|endoftext|>", temperature=0.8, top_k=50,
                          generator=torch.Generator().manual_seed(0))
     print(f"The base continues a story (sampled):\n  {prompt}{text}")
-    general = split(pretraining_corpus(target_bytes=lesson.size(100_000, 300_000), seed=1), 0.5, seed=1)[1]
+    general = held_out_text(lesson.size(100_000, 300_000))
     domain = domain_corpus(target_bytes=lesson.size(30_000, 100_000), seed=1)
     rows = [{"text": "general tiny-world text (held out)", "perplexity": perplexity(model, enc, general, lesson.device)},
             {"text": "veterinary clinic notes (a new domain)", "perplexity": perplexity(model, enc, domain, lesson.device)}]
@@ -108,7 +107,7 @@ def domain_adaptation(lesson: Lesson) -> None:
     lesson.section("3. Domain adaptation: learning a register and its jargon")
     docs = domain_corpus(target_bytes=lesson.size(60_000, 400_000), seed=2)
     train_docs, val_docs = split(docs, 0.1, seed=2)
-    general = split(pretraining_corpus(target_bytes=lesson.size(100_000, 300_000), seed=1), 0.5, seed=1)[1]
+    general = held_out_text(lesson.size(100_000, 300_000))
     rows = []
     base, enc = lesson.load_base()
     rows.append({"model": "base", "domain perplexity": perplexity(base, enc, val_docs, lesson.device),

@@ -56,19 +56,18 @@ import tempfile
 
 import torch
 
-from minitune.data import pretraining_corpus, split
 from minitune.data.batches import TokenStream, encode_documents
 from minitune.data.tasks import load_task
-from minitune.evaluate import evaluate_task
+from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import finetune, supervised
-from minitune.lesson import Lesson, perplexity
+from minitune.lesson import Lesson, held_out_text, perplexity
 from minitune.memory import file_size, human_bytes, measure_training_memory, memory_formula, tensor_bytes
 from minitune.model import GPT, GPTConfig, count_parameters
-from minitune.strategies import FullConfig, LoRAConfig, apply_strategy, save_trainable, trainable_parameters
+from minitune.strategies import (FullConfig, LoRAConfig, apply_strategy, base_unchanged, save_trainable,
+                                 trainable_parameters)
 from minitune.train import TrainConfig, train
 
-METRIC = {"sentiment": "accuracy", "topic": "accuracy", "qa": "exact_match", "code": "pass@1",
-          "summarization": "rougeL_f1"}
+METRIC = HEADLINE_METRIC
 GPT2 = {  # GPT-2's published shapes: (n_layer, n_head, n_embd), vocabulary 50,257, context 1,024
     "GPT-2 124M": (12, 12, 768), "GPT-2 355M": (24, 16, 1024),
     "GPT-2 774M": (36, 20, 1280), "GPT-2 1.5B": (48, 25, 1600),
@@ -182,7 +181,7 @@ def forgetting(lesson: Lesson) -> None:
     lesson.section("4. Catastrophic forgetting: general text, before and during fine-tuning")
     base, enc = lesson.load_base()
     # A world built with another seed: the same kinds of documents and words, sentences the base never read.
-    general = split(pretraining_corpus(target_bytes=lesson.size(60_000, 200_000), seed=1), 0.5, seed=1)[1]
+    general = held_out_text(lesson.size(60_000, 200_000))
     eval_batches = lesson.size(4, 10)  # batches of 16 windows read per perplexity, before and during training
     before = perplexity(base, enc, general, lesson.device, max_batches=eval_batches)
     task = load_task("sentiment", sizes=lesson.size({"train": 64, "validation": 16, "test": 16},
@@ -202,7 +201,7 @@ def forgetting(lesson: Lesson) -> None:
                      "accuracy": evaluate_task(model, enc, task, device=lesson.device)["accuracy"],
                      "perplexity before": before, "perplexity after": history[-1][1],
                      "x before": history[-1][1] / before, "file": human_bytes(size),
-                     "base weights unchanged": _frozen_unchanged(model, base)})
+                     "base weights unchanged": base_unchanged(model, base)})
     lesson.table(f"Sentiment, {steps} steps of batch 16: test accuracy, and general-text perplexity (lower is "
                  "better) before and after", rows)
     lesson.record("forgetting_curves", {k: [[s, p] for s, p in v] for k, v in curves.items()})
@@ -265,10 +264,6 @@ def _train_watching_general(model, enc, task, general: list[str], steps: int, lr
     return [(h["step"], math.exp(h["val_loss"])) for h in result.history]
 
 
-def _frozen_unchanged(model, base) -> bool:
-    """Is every tensor of the base still bitwise what it was in the fine-tuned model?"""
-    mine = dict(model.named_parameters())
-    return all(n in mine and torch.equal(mine[n].detach().cpu(), p.detach().cpu()) for n, p in base.named_parameters())
 
 
 def _activation_bytes(model, x: torch.Tensor, y: torch.Tensor) -> int:

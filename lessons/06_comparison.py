@@ -56,17 +56,15 @@ import time
 
 import torch
 
-from minitune.data import pretraining_corpus, split
 from minitune.data.tasks import load_task
-from minitune.evaluate import evaluate_task
+from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import finetune, supervised
-from minitune.lesson import Lesson, perplexity, step_time_ms
+from minitune.lesson import Lesson, held_out_text, perplexity, step_time_ms
 from minitune.memory import file_size, human_bytes, measure_training_memory, tensor_bytes
-from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, load_trainable,
-                                 trainable_parameters, trainable_state, apply_strategy)
+from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
+                                 base_unchanged, load_trainable, trainable_parameters, trainable_state)
 
-TASKS = {"sentiment": "accuracy", "topic": "accuracy", "summarization": "rougeL_f1", "qa": "exact_match",
-         "code": "pass@1"}
+TASKS = HEADLINE_METRIC
 STRATEGIES = [FullConfig(), LoRAConfig(r=8, targets=("c_attn", "c_fc")), AdapterConfig(bottleneck=16),
               PromptTuningConfig(n_tokens=20)]
 SERVED = ("sentiment", "topic", "qa")  # tasks whose LoRA adapters share one base in section 3
@@ -74,7 +72,7 @@ SERVED = ("sentiment", "topic", "qa")  # tasks whose LoRA adapters share one bas
 
 def general_text(lesson: Lesson) -> list[str]:
     """Held-out general text: a world built with another seed, the same kinds of documents and words."""
-    return split(pretraining_corpus(target_bytes=lesson.size(60_000, 200_000), seed=1), 0.5, seed=1)[1]
+    return held_out_text(lesson.size(60_000, 200_000))
 
 
 def every_strategy_on_every_task(lesson: Lesson, base, general: list[str], eval_batches: int
@@ -93,7 +91,7 @@ def every_strategy_on_every_task(lesson: Lesson, base, general: list[str], eval_
             cells.append({"task": name, "strategy": config.name, "score": result[metric], "n": result["n"],
                           "perplexity": perplexity(model, enc, general, lesson.device, max_batches=eval_batches),
                           "file": file_size(out / "best" / "trainable.safetensors"),
-                          "base intact": _base_unchanged(model, base)})
+                          "base intact": base_unchanged(model, base)})
             models[(name, config.name)] = (model, result)
         print(f"  {name}: " + ", ".join(f"{c['strategy']} {c['score']:.3f}" for c in cells[-len(STRATEGIES):]),
               flush=True)
@@ -130,8 +128,8 @@ def costs_and_forgetting(lesson: Lesson, cells: list[dict], base_ppl: float) -> 
                      "_memory": memory, "_file": mine[0]["file"]})
     for r in rows:
         lesson.record(f"cost_{r['strategy']}", {"memory_bytes": r.pop("_memory"), "file_bytes": r.pop("_file")})
-    lesson.table("Summary: quality, cost and forgetting per strategy (weights, gradients, AdamW state in fp32; "
-                 "one step on a batch of 16 sentiment examples)", rows,
+    lesson.table("Summary: quality, cost and forgetting per strategy (train memory: weights, gradients and AdamW "
+                 "state in fp32, activations not counted; one step on a batch of 16 sentiment examples)", rows,
                  note=f"(general ppl x base: general-text perplexity with the fine-tuned model over the base's "
                       f"{base_ppl:.2f}, geometric mean over the five tasks; worst: the largest of the five; base "
                       "intact: runs after which every tensor of the base is bitwise what it was)")
@@ -289,10 +287,6 @@ def _conclude_forgetting(lesson: Lesson, full: dict, peft: list[dict]) -> None:
                         "falls with a smaller learning rate.")
 
 
-def _base_unchanged(model, base) -> bool:
-    """Is every tensor of the base still bitwise what it was inside the fine-tuned model?"""
-    mine = dict(model.named_parameters())
-    return all(n in mine and torch.equal(mine[n].detach().cpu(), p.detach().cpu()) for n, p in base.named_parameters())
 
 
 def _names(names: list[str]) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from minitune.checkpoint import atomic_write, atomic_write_json
+from minitune.data import pretraining_corpus, split
 from minitune.data.batches import TokenStream, encode_documents
 from minitune.pretrain import load_run, pretrain, runs_dir
 from minitune.train import evaluate_loss, make_optimizer, TrainConfig, resolve_device
@@ -147,6 +148,11 @@ def _cell(v) -> str:
             return "nan"
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
+
+
+def held_out_text(target_bytes: int) -> list[str]:
+    """General tiny-world documents drawn with another seed than the base's corpus: a test of what it knows."""
+    return split(pretraining_corpus(target_bytes=target_bytes, seed=1), 0.5, seed=1)[1]
 
 
 def perplexity(model, enc, docs: list[str], device="cpu", max_batches: int = 20) -> float:

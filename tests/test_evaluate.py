@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from minitune.cli import main
-from minitune.data.tasks import Example, TASKS, load_task
+from minitune.data.tasks import TASKS, load_task
 from minitune.evaluate import code_passes, evaluate_task, generate_text, label_logprobs, stop_token_ids
 from minitune.finetune import open_run
 from minitune.tokenizer import get_tokenizer

@@ -2,7 +2,6 @@
 corrupted / foreign / code-carrying files, and guarded training."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minitune.checkpoint import load_model, load_resume, safe_torch_load, save_model, save_tensors, load_tensors
+from minitune.checkpoint import load_model, load_resume, load_tensors, safe_torch_load, save_model
 from minitune.data.batches import TokenStream
 from minitune.errors import CheckpointError, TrainingError
 from minitune.model import GPT, GPTConfig

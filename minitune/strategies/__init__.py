@@ -13,7 +13,6 @@ all of them), so counting, saving and loading are written once, here, for every 
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,6 +77,12 @@ def trainable_report(model: nn.Module) -> str:
     """The familiar one-line summary of what trains."""
     trainable, total = trainable_parameters(model)
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.2f}"
+
+
+def base_unchanged(model: nn.Module, base: nn.Module) -> bool:
+    """Is every tensor of `base` still bitwise what it is inside `model` (true of PEFT, never of full FT)?"""
+    mine = dict(model.named_parameters())
+    return all(n in mine and torch.equal(mine[n].detach().cpu(), p.detach().cpu()) for n, p in base.named_parameters())
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -147,7 +152,7 @@ def _check_fits(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tens
 
 
 __all__ = [
-    "AdapterConfig", "FullConfig", "LoRAConfig", "PromptTuningConfig", "STRATEGIES", "apply_strategy",
+    "AdapterConfig", "FullConfig", "LoRAConfig", "PromptTuningConfig", "STRATEGIES", "apply_strategy", "base_unchanged",
     "config_from_dict", "load_trainable", "merge", "save_trainable", "trainable_parameters",
     "trainable_report", "trainable_state", "unmerge",
 ]
