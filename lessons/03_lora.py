@@ -132,7 +132,8 @@ def rank_sweep(lesson: Lesson, task, base_config) -> tuple[dict, dict]:
     noise = _seed_spread([runs[mid]] + [_train(lesson, task, LoRAConfig(r=mid, alpha=ALPHA), f"rank-{mid}-seed{s}", seed=s)
                                        for s in (1, 2)])
     lesson.record(f"seed_spread_r{mid}", noise)
-    rows = [{"method": f"LoRA r = {r}", "trainable": run["trainable"], "closed form": closed_form(base_config, r, ("c_attn",)),
+    rows = [{"method": f"LoRA r = {r}", "trainable": run["trainable"],
+             "closed form": closed_form(base_config, r, ("c_attn",)),
              "% of base": 100 * run["trainable"] / run["base params"], "test accuracy": run["accuracy"],
              "test label loss": run["label loss"]} for r, run in runs.items()]
     rows.append({"method": "full FT", "trainable": full["trainable"], "closed form": count_parameters(base_config),
@@ -168,7 +169,7 @@ def rank_sweep(lesson: Lesson, task, base_config) -> tuple[dict, dict]:
     lesson.conclude(
         f"Full fine-tuning reached accuracy {full['accuracy']:.3f} (label loss {full['label loss']:.3f}), training "
         f"{full['trainable'] / best['trainable']:.0f}x more parameters than {best['method']}; "
-        + (f"the best LoRA was within the seed spread of it." if best["test accuracy"] >= full["accuracy"] - noise["accuracy"]
+        + ("the best LoRA was within the seed spread of it." if best["test accuracy"] >= full["accuracy"] - noise["accuracy"]
            else f"the best LoRA stayed {full['accuracy'] - best['test accuracy']:.3f} below it in this many steps."))
     lesson.plot("rank_sweep.png", lambda ax: _draw_rank(ax, lora_rows, rows[-1], ranks))
     return runs, noise
@@ -264,7 +265,8 @@ def scaling(lesson: Lesson, task, runs: dict, noise: dict) -> None:
         f"At r = {rs[-1]}, rsLoRA reached accuracy {big[rslora]['accuracy']:.3f} against {big['alpha / r']['accuracy']:.3f} "
         f"for alpha / r: " + ("the larger scale helped the large rank, as the rsLoRA paper reports."
                               if big[rslora]["accuracy"] > big["alpha / r"]["accuracy"] + noise["accuracy"] else
-                              "no gain beyond seed noise at this scale, though the rsLoRA paper reports one for large ranks."))
+                              "no gain beyond seed noise at this scale, though the rsLoRA paper reports one for "
+                              "large ranks."))
     lesson.plot("scaling_curves.png", lambda ax: _draw_curves(ax, results, rs, fixed), figsize=(6.4, 4.4))
 
 
@@ -303,7 +305,8 @@ def targets(lesson: Lesson, task, base_config, runs: dict, noise: dict):
         f"Alone, {best['adapted']} did best (accuracy {best['test accuracy']:.3f}) and {worst['adapted']} worst "
         f"({worst['test accuracy']:.3f}); adapting all four ({every['trainable']:,} parameters) gave "
         f"{every['test accuracy']:.3f}, "
-        + ("better than any single matrix beyond seed noise." if every["test accuracy"] > best["test accuracy"] + noise["accuracy"]
+        + ("better than any single matrix beyond seed noise."
+           if every["test accuracy"] > best["test accuracy"] + noise["accuracy"]
            else "no better than the best single matrix beyond seed noise."))
     # GPT-2's shapes make all four at rank r cost exactly what c_attn alone costs at rank 4r
     same = next((x for x in runs if closed_form(base_config, x, ("c_attn",)) == every["trainable"]), None)

@@ -55,8 +55,7 @@ from minitune.checkpoint import read_json
 from minitune.data.tasks import load_task
 from minitune.evaluate import evaluate_task, label_logprobs
 from minitune.finetune import finetune, supervised
-from minitune.lesson import Lesson, perplexity
-from minitune.data import pretraining_corpus
+from minitune.lesson import Lesson, held_out_text, perplexity
 from minitune.strategies import AdapterConfig, apply_strategy, load_trainable, save_trainable, trainable_parameters
 from minitune.strategies.adapter import PLACEMENTS, Bottleneck
 from minitune.train import TrainConfig, evaluate_loss, train
@@ -207,7 +206,8 @@ def placement(lesson: Lesson, task, base_config, runs: dict, noise: dict) -> Non
         rows.append({"placement": name, "adapters": base_config.n_layer * len(PLACEMENTS[where]),
                      "trainable": run["trainable"], "closed form": closed_form(base_config, width, where),
                      "test accuracy": run["accuracy"], "test label loss": run["label loss"],
-                     "train step ms": step_ms[name], "forward +% vs base": 100 * (forward_ms[name] / forward_ms["base"] - 1)})
+                     "train step ms": step_ms[name],
+                     "forward +% vs base": 100 * (forward_ms[name] / forward_ms["base"] - 1)})
     lesson.table(f"Placement ({TASK}). Step: batch 16 x full context; forward: batch 1 x full context, the base "
                  f"alone {forward_ms['base']:.2f} ms; medians of interleaved rounds", rows)
     lesson.record("forward_ms", forward_ms)
@@ -240,7 +240,7 @@ def initialisation(lesson: Lesson, task, runs: dict, noise: dict) -> None:
     room = base.max_input_tokens
     x, _ = next(_val(task, enc, room).eval_batches())
     x = x.to(lesson.device)
-    general = pretraining_corpus(target_bytes=lesson.size(30_000, 150_000), seed=1)  # text like the base's own
+    general = held_out_text(lesson.size(60_000, 300_000))  # text like the base's own, not seen in pretraining
     with torch.no_grad():
         base_logits = base(x)[0]
     base_loss = evaluate_loss(base, _val(task, enc, room).eval_batches(), lesson.device)
@@ -274,7 +274,7 @@ def initialisation(lesson: Lesson, task, runs: dict, noise: dict) -> None:
                      "step 0: general perplexity": start["general perplexity"],
                      "trained: test accuracy": run["accuracy"], "trained: test label loss": run["label loss"]})
     lesson.record("step0", {"base": {"task val loss": base_loss, "general perplexity": base_ppl}, **starts})
-    lesson.table(f"Houlsby adapters, m = {m}. The base: task val loss {base_loss:.4f}, general perplexity {base_ppl:.2f}",
+    lesson.table(f"Houlsby adapters, m = {m}. The base: task val loss {base_loss:.4f}, general perplexity {base_ppl:.3f}",
                  rows, note="task val loss: mean cross-entropy of the target tokens (label, newline, end of text); "
                             "general perplexity: on held-out\ntiny-world text, what the base was pretrained to model")
     ident, others = list(starts)[0], list(starts)[1:]
@@ -283,16 +283,17 @@ def initialisation(lesson: Lesson, task, runs: dict, noise: dict) -> None:
     lesson.conclude(
         f"With W_up = 0 the adapted model's logits differed from the base's by at most "
         f"{starts[ident]['max |logit - base|']:.1e}; its task loss ({starts[ident]['task val loss']:.4f}) and its "
-        f"perplexity on general text ({starts[ident]['general perplexity']:.2f}) were the base's: "
+        f"perplexity on general text ({starts[ident]['general perplexity']:.3f}) were the base's: "
         + ("it starts as the base, exactly." if exact else "NOT exactly the base (a bug?)."))
+    damaged = [k for k in others if starts[k]["general perplexity"] > base_ppl]
+    lower = [k for k in others if starts[k]["task val loss"] < base_loss]
     lesson.conclude(
         "Before any training, the random starts took the general-text perplexity from "
-        f"{base_ppl:.2f} to " + ", ".join(f"{starts[k]['general perplexity']:.2f} ({k})" for k in others)
-        + "; the task loss moved to " + ", ".join(f"{starts[k]['task val loss']:.4f}" for k in others)
-        + f" against the base's {base_loss:.4f}"
-        + (" (lower for some: the base is so poor at this answer format that noise can happen to help it; what a "
-           "random adapter reliably does is damage what the base already knew)."
-           if any(starts[k]["task val loss"] < base_loss for k in others) else "."))
+        f"{base_ppl:.3f} to " + ", ".join(f"{starts[k]['general perplexity']:.3f} ({k})" for k in others)
+        + f": {len(damaged)} of {len(others)} made the base worse at what it was pretrained for. Their task loss was "
+        + ", ".join(f"{starts[k]['task val loss']:.4f}" for k in others) + f" against the base's {base_loss:.4f}"
+        + (f"; {len(lower)} of them lower, since the base is so poor at this answer format that noise can happen to "
+           "help it." if lower else "; all higher."))
     hurt = [k for k in others if _better(found[k], found[ident], noise) == "worse"]
     lesson.conclude(
         "After the same training, "
@@ -330,7 +331,8 @@ def layernorms(lesson: Lesson, task, base_config, runs: dict, noise: dict) -> No
     lesson.conclude(
         f"Training the LayerNorms added {on['trainable'] - off['trainable']:,} parameters and moved test accuracy from "
         f"{off['test accuracy']:.3f} to {on['test accuracy']:.3f} (label loss {off['test label loss']:.3f} to "
-        f"{on['test label loss']:.3f}): " + {"same": "no difference beyond seed noise.", "better": "a gain beyond seed noise.",
+        f"{on['test label loss']:.3f}): " + {"same": "no difference beyond seed noise.",
+                                             "better": "a gain beyond seed noise.",
                                              "worse": "worse beyond seed noise."}[verdict])
 
 

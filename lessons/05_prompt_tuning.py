@@ -15,9 +15,9 @@ What this lesson shows, by measuring it on your machine:
 Read alongside: minitune/strategies/prompt.py (~130 lines), and GPT.forward_embeddings in
 minitune/model.py (the one seam prompt tuning enters through).
 
-Run:  python lessons/05_prompt_tuning.py            about 4 minutes on 2 CPU cores, with the tiny base
-                                                    cached (the first run also pretrains a second,
-                                                    smaller base for part 5: about 20 seconds more)
+Run:  python lessons/05_prompt_tuning.py            about 4.5 minutes on 2 CPU cores with the tiny base
+                                                    cached (this includes pretraining a second, smaller
+                                                    base for part 5 on the first run: about 15 seconds)
       python lessons/05_prompt_tuning.py --quick    about 15 seconds, nano base and toy sizes
 
 The idea. A prompt steers a frozen model through the embeddings of its tokens. Those embeddings are
@@ -116,9 +116,9 @@ def seeds(lesson: Lesson, task) -> tuple[dict, dict]:
     lesson.conclude(
         f"The same setting gave test accuracies from {min(r['test accuracy'] for r in rows):.3f} to "
         f"{max(r['test accuracy'] for r in rows):.3f} across three seeds (chance is {1 / len(task.labels):.2f})"
-        + (": on a model this small prompt tuning is unstable, as Lester et al. also saw at their smallest sizes, so "
-           "below, only differences larger than this spread count." if noise["test accuracy"] > 0.1 else
-           ": fairly stable; differences below this spread are noise."))
+        + (f": on a model this small prompt tuning is unstable (the seed alone moved accuracy by "
+           f"{noise['test accuracy']:.3f}), so below, only differences larger than this spread count."
+           if noise["test accuracy"] > 0.1 else ": fairly stable; differences below this spread are noise."))
     return runs[0], noise
 
 
@@ -201,6 +201,14 @@ def length_sweep(lesson: Lesson, task, default: dict, noise: dict) -> dict:
         + (", in line with Lester et al., who saw gains up to about 20 tokens." if enough["n tokens"] >= 20 else
            "; Lester et al. saw gains up to about 20 tokens, but here a shorter prompt was not distinguishable from the "
            "best (the seed spread is wide)."))
+    longer = [r for r in rows if r["n tokens"] > best["n tokens"]
+              and r["test accuracy"] < best["test accuracy"] - noise["test accuracy"]]
+    if longer:
+        lesson.conclude(
+            "Longer prompts did worse beyond the seed spread: "
+            + ", ".join(f"n = {r['n tokens']} ({r['test accuracy']:.3f})" for r in longer)
+            + ". In the same number of steps the longer prompt had not caught up, and it costs context and step "
+              "time; Lester et al. likewise found little to gain past about 20 tokens.")
     lesson.plot("length_sweep.png", lambda ax: _draw_length(ax, rows))
     return runs
 
@@ -236,7 +244,8 @@ def learning_rate(lesson: Lesson, task, default: dict, noise: dict) -> None:
         f"{hi['test accuracy']:.3f} and {hi['test label loss']:.3f}"
         + (": the large rate is what lets it learn in this many steps."
            if hi["test accuracy"] > lo["test accuracy"] + noise["test accuracy"] else
-           ": better in label loss, but not beyond the seed spread in accuracy." if hi["test label loss"] < lo["test label loss"]
+           ": better in label loss, but not beyond the seed spread in accuracy."
+           if hi["test label loss"] < lo["test label loss"]
            else ": no clear difference, contrary to the usual advice."))
 
 
@@ -263,25 +272,26 @@ def scale(lesson: Lesson, task, runs: dict, noise: dict) -> None:
         rows.append({"base": f"{meta.get('preset', 'base')}, {meta.get('steps', '?')} pretraining steps",
                      "parameters": full["params"], "pretraining val loss": meta["val_loss"],
                      "full FT accuracy": full["accuracy"], "prompt accuracy": soft["accuracy"],
-                     "accuracy gap": full["accuracy"] - soft["accuracy"], "full FT label loss": full["label loss"],
+                     "gap (full - prompt)": full["accuracy"] - soft["accuracy"], "full FT label loss": full["label loss"],
                      "prompt label loss": soft["label loss"]})
     lesson.table(f"Full fine-tuning against a {n}-token soft prompt (init 'vocab'), {TASK}, same steps", rows)
     if len(rows) < 2:
-        lesson.conclude(f"Only one base in quick mode: the accuracy gap was {rows[0]['accuracy gap']:+.3f}.")
+        lesson.conclude(f"Only one base in quick mode: the accuracy gap was {rows[0]['gap (full - prompt)']:+.3f}.")
         return
     small, big = rows
-    change = small["accuracy gap"] - big["accuracy gap"]
+    change = small["gap (full - prompt)"] - big["gap (full - prompt)"]
     lesson.conclude(
-        f"The accuracy gap between full fine-tuning and prompt tuning was {small['accuracy gap']:+.3f} on the "
-        f"{small['parameters']:,}-parameter base and {big['accuracy gap']:+.3f} on the {big['parameters']:,}-parameter "
+        f"The accuracy gap between full fine-tuning and prompt tuning was {small['gap (full - prompt)']:+.3f} on the "
+        f"{small['parameters']:,}-parameter base and {big['gap (full - prompt)']:+.3f} on the "
+        f"{big['parameters']:,}-parameter "
         "one: " + ("it shrank as the model grew, the direction of Lester et al.'s figure 1, by more than prompt tuning's "
                    "seed spread." if change > noise["test accuracy"] else
                    "it grew with the model, unlike Lester et al.'s figure 1." if -change > noise["test accuracy"] else
                    f"the change ({change:+.3f}) is within prompt tuning's seed spread ({noise['test accuracy']:.3f}), so "
                    "no shrinking is shown at this scale.")
-        + f" Two sizes {big['parameters'] / small['parameters']:.0f}x apart, far below the billions of parameters where "
-        f"their curves meet, on bases that also differ in how well they were pretrained (val loss "
-        f"{small['pretraining val loss']:.2f} against {big['pretraining val loss']:.2f}), cannot show a trend either way.")
+        + f" Still, two sizes {big['parameters'] / small['parameters']:.0f}x apart, far below the billions of parameters "
+        f"where their curves meet, on bases that also differ in how well they were pretrained (val loss "
+        f"{small['pretraining val loss']:.2f} against {big['pretraining val loss']:.2f}), are two points, not a trend.")
     lesson.plot("scale_gap.png", lambda ax: _draw_scale(ax, rows))
 
 
