@@ -139,23 +139,33 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, so a new token costs one position."""
+    """Keys and values of every layer for the positions seen so far, so a new token costs one position.
 
-    def __init__(self, n_layer: int):
+    Each layer's buffer is allocated once for the whole context, (B, nh, max_len, hs), and filled in
+    place: appending a token copies one position, not everything cached so far.
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.max_len = max_len
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
+        self.lengths = [0] * n_layer
 
     @property
     def length(self) -> int:
-        return 0 if self.k[0] is None else self.k[0].size(2)
+        return self.lengths[0]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's (B, nh, T, hs) keys and values; return all of them so far."""
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
+        B, nh, T, hs = k.shape
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, nh, self.max_len, hs)
+            self.v[layer] = v.new_empty(B, nh, self.max_len, hs)
+        start, end = self.lengths[layer], self.lengths[layer] + T
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        self.lengths[layer] = end
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class GPT(nn.Module):
@@ -278,7 +288,7 @@ class GPT(nn.Module):
         B = idx.size(0)
         stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=idx.device)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        cache = KVCache(self.config.n_layer) if use_cache else None
+        cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
         x_in = self._with_prefix(self.embed(idx), prefix_embeddings)
         out = idx
         n_prefix = 0 if prefix_embeddings is None else prefix_embeddings.size(-2)
