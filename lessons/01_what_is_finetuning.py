@@ -28,7 +28,6 @@ trains a small set of new or chosen parameters instead; the later lessons take e
 from __future__ import annotations
 
 import statistics
-import tempfile
 from collections import Counter
 
 import torch
@@ -37,10 +36,9 @@ from minitune.data import domain_corpus, split
 from minitune.data.tasks import load_task
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task, generate_text, prompt_for
 from minitune.finetune import continue_pretraining, finetune, supervised
-from minitune.lesson import Lesson, held_out_text, perplexity, step_time_ms
-from minitune.memory import file_size, human_bytes, measure_training_memory
-from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
-                                 save_trainable, trainable_parameters)
+from minitune.lesson import Lesson, held_out_text, perplexity, strategy_costs
+from minitune.memory import human_bytes
+from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy
 
 TASKS = {name: HEADLINE_METRIC[name] for name in ("sentiment", "summarization", "qa", "code")}
 STRATEGIES = [FullConfig(), LoRAConfig(r=8, targets=("c_attn", "c_fc")), AdapterConfig(bottleneck=16),
@@ -178,15 +176,13 @@ def strategies_overview(lesson: Lesson) -> None:
         model, enc = lesson.load_base()
         model = apply_strategy(model, config)
         x, y = supervised(task, "train", enc, model.max_input_tokens, batch_size=16).batch(0)
-        mem = measure_training_memory(model, (x, y))
-        trainable, total = trainable_parameters(model)
-        with tempfile.TemporaryDirectory() as tmp:
-            size = file_size(save_trainable(model, tmp) / "trainable.safetensors")
-        rows.append({"strategy": config.name, "trainable params": trainable, "trainable %": 100 * trainable / total,
+        c = strategy_costs(model, x, y, lesson.device)
+        mem = c["memory"]
+        rows.append({"strategy": config.name, "trainable params": c["trainable"],
+                     "trainable %": 100 * c["trainable"] / c["total"],
                      "weights": human_bytes(mem["weights"]), "gradients": human_bytes(mem["gradients"]),
-                     "optimizer": human_bytes(mem["optimizer"]), "file per task": human_bytes(size),
-                     "step ms": step_time_ms(model, x, y, device=lesson.device),
-                     "_bytes": mem, "_file": size})
+                     "optimizer": human_bytes(mem["optimizer"]), "file per task": human_bytes(c["file"]),
+                     "step ms": c["step_ms"], "_bytes": mem, "_file": c["file"]})
     for r in rows:
         lesson.record(f"memory_{r['strategy']}", {**r.pop("_bytes"), "file": r.pop("_file")})
     lesson.table("Training one step on a batch of 16 sentiment examples (fp32)", rows)

@@ -59,10 +59,10 @@ import torch
 from minitune.data.tasks import load_task
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import finetune, supervised
-from minitune.lesson import Lesson, held_out_text, perplexity, step_time_ms
-from minitune.memory import file_size, human_bytes, measure_training_memory, tensor_bytes
+from minitune.lesson import Lesson, held_out_text, perplexity, strategy_costs
+from minitune.memory import file_size, human_bytes, tensor_bytes
 from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
-                                 base_unchanged, load_trainable, trainable_parameters, trainable_state)
+                                 base_unchanged, load_trainable, trainable_state)
 
 TASKS = HEADLINE_METRIC
 STRATEGIES = [FullConfig(), LoRAConfig(r=8, targets=("c_attn", "c_fc")), AdapterConfig(bottleneck=16),
@@ -113,14 +113,14 @@ def costs_and_forgetting(lesson: Lesson, cells: list[dict], base_ppl: float) -> 
         model, enc = lesson.load_base()
         model = apply_strategy(model, config)
         x, y = supervised(task, "train", enc, model.max_input_tokens, batch_size=16).batch(0)
-        trainable, total = trainable_parameters(model)
-        memory = measure_training_memory(model, (x, y))["total"]
+        c = strategy_costs(model, x, y, lesson.device)
+        trainable, total, memory = c["trainable"], c["total"], c["memory"]["total"]
         mine = [c for c in cells if c["strategy"] == config.name]
         ratios = [c["perplexity"] / base_ppl for c in mine]
         rows.append({"strategy": config.name, "mean score": statistics.mean(c["score"] for c in mine),
                      "trainable %": 100 * trainable / total,
                      "train memory": human_bytes(memory),
-                     "step ms": step_time_ms(model, x, y, device=lesson.device),
+                     "step ms": c["step_ms"],
                      "file per task": human_bytes(statistics.mean(c["file"] for c in mine)),
                      "general ppl x base": math.exp(statistics.mean(math.log(r) for r in ratios)),
                      "worst ppl x base": max(ratios),

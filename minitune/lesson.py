@@ -16,6 +16,7 @@ import argparse
 import copy
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,19 @@ def perplexity(model, enc, docs: list[str], device="cpu", max_batches: int = 20)
     stream = TokenStream(encode_documents(enc, docs), model.max_input_tokens, batch_size=16,
                          max_eval_batches=max_batches)
     return math.exp(evaluate_loss(model, stream.eval_batches(), device))
+
+
+def strategy_costs(model, x: torch.Tensor, y: torch.Tensor, device="cpu") -> dict:
+    """What training this (strategy-applied) model costs on batch (x, y): parameter counts, bytes of the
+    training state (measured), the size of its saved trainable part, and the median step time."""
+    from minitune.memory import file_size, measure_training_memory
+    from minitune.strategies import save_trainable, trainable_parameters
+
+    trainable, total = trainable_parameters(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        size = file_size(save_trainable(model, tmp) / "trainable.safetensors")
+    return {"trainable": trainable, "total": total, "memory": measure_training_memory(model, (x, y)), "file": size,
+            "step_ms": step_time_ms(model, x, y, device=device)}
 
 
 def step_time_ms(model, x: torch.Tensor, y: torch.Tensor, repeats: int = 5, device="cpu") -> float:
