@@ -63,9 +63,9 @@ import torch
 from minitune.bench import inference_case, run_interleaved
 from minitune.checkpoint import read_json
 from minitune.data.tasks import load_task
-from minitune.evaluate import evaluate_task, label_logprobs
+from minitune.evaluate import classify_scores
 from minitune.finetune import finetune, supervised
-from minitune.lesson import Lesson
+from minitune.lesson import Lesson, seed_spread
 from minitune.memory import file_size, human_bytes
 from minitune.model import GPT, count_parameters
 from minitune.pretrain import load_run
@@ -92,13 +92,6 @@ def closed_form(config, r: int, targets: tuple[str, ...]) -> int:
     return config.n_layer * sum(r * sum(shapes[t]) for t in targets)
 
 
-def _label_loss(model, enc, task, limit: int, device: str) -> float:
-    """Mean -log p(gold label | prompt) over the test split, p normalised over the task's label words."""
-    examples = task.test[:limit]
-    scores = label_logprobs(model, enc, [ex.prompt for ex in examples], task.labels, device)  # (N, labels)
-    gold = torch.tensor([task.labels.index(ex.target.strip()) for ex in examples])
-    return float(-scores.log_softmax(dim=1)[torch.arange(len(examples)), gold].mean())
-
 
 def _train(lesson: Lesson, task, config, name: str, seed: int = 0) -> dict:
     """Fine-tune the base with `config`; the model, its validation-loss history and its test scores."""
@@ -107,8 +100,8 @@ def _train(lesson: Lesson, task, config, name: str, seed: int = 0) -> dict:
                                checkpoint_every=0)
     run = read_json(out / "run.json")
     limit = lesson.size(32, 200)
-    result = {"model": model, "accuracy": evaluate_task(model, enc, task, limit=limit, device=lesson.device)["accuracy"],
-              "label loss": _label_loss(model, enc, task, limit, lesson.device), "history": run["history"],
+    result = {"model": model, **classify_scores(model, enc, task.test[:limit], task.labels, device=lesson.device)[1],
+              "history": run["history"],
               "trainable": run["trainable_params"], "base params": run["total_params"] - run["trainable_params"]}
     if isinstance(config, FullConfig):
         result["base params"] = run["total_params"]
@@ -116,10 +109,6 @@ def _train(lesson: Lesson, task, config, name: str, seed: int = 0) -> dict:
           f"({run['seconds']:.0f}s)", flush=True)
     return result
 
-
-def _seed_spread(runs: list[dict]) -> dict:
-    """Largest minus smallest accuracy and label loss over runs that differ only in their seed."""
-    return {k: max(r[k] for r in runs) - min(r[k] for r in runs) for k in ("accuracy", "label loss")}
 
 
 # --------------------------------------------------------------------------------------------- 1. rank
@@ -129,7 +118,7 @@ def rank_sweep(lesson: Lesson, task, base_config) -> tuple[dict, dict]:
     runs = {r: _train(lesson, task, LoRAConfig(r=r, alpha=ALPHA), f"rank-{r}") for r in ranks}
     full = _train(lesson, task, FullConfig(), "full")
     mid = ranks[len(ranks) // 2]
-    noise = _seed_spread([runs[mid]] + [_train(lesson, task, LoRAConfig(r=mid, alpha=ALPHA), f"rank-{mid}-seed{s}", seed=s)
+    noise = seed_spread([runs[mid]] + [_train(lesson, task, LoRAConfig(r=mid, alpha=ALPHA), f"rank-{mid}-seed{s}", seed=s)
                                        for s in (1, 2)])
     lesson.record(f"seed_spread_r{mid}", noise)
     rows = [{"method": f"LoRA r = {r}", "trainable": run["trainable"],

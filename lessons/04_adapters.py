@@ -53,9 +53,9 @@ import torch
 from minitune.bench import inference_case, run_interleaved, training_case
 from minitune.checkpoint import read_json
 from minitune.data.tasks import load_task
-from minitune.evaluate import evaluate_task, label_logprobs
+from minitune.evaluate import classify_scores
 from minitune.finetune import finetune, supervised
-from minitune.lesson import Lesson, held_out_text, perplexity
+from minitune.lesson import Lesson, held_out_text, perplexity, seed_spread
 from minitune.strategies import AdapterConfig, apply_strategy, load_trainable, save_trainable, trainable_parameters
 from minitune.strategies.adapter import PLACEMENTS, Bottleneck
 from minitune.train import TrainConfig, evaluate_loss, train
@@ -71,25 +71,14 @@ def closed_form(config, m: int, placement: str, train_layernorm: bool = False) -
     return L * len(PLACEMENTS[placement]) * per_adapter + layernorms
 
 
-def _label_loss(model, enc, task, limit: int, device: str) -> float:
-    """Mean -log p(gold label | prompt) over the test split, p normalised over the task's label words."""
-    examples = task.test[:limit]
-    scores = label_logprobs(model, enc, [ex.prompt for ex in examples], task.labels, device)  # (N, labels)
-    gold = torch.tensor([task.labels.index(ex.target.strip()) for ex in examples])
-    return float(-scores.log_softmax(dim=1)[torch.arange(len(examples)), gold].mean())
-
-
-def _seed_spread(runs: list[dict]) -> dict:
-    """Largest minus smallest accuracy and label loss over runs that differ only in their seed."""
-    return {k: max(r[k] for r in runs) - min(r[k] for r in runs) for k in ("accuracy", "label loss")}
 
 
 def _scored(lesson: Lesson, name: str, model, enc, task, history: list[dict]) -> dict:
     """Test accuracy and label loss of a trained model, with its trainable count and loss history."""
     limit = lesson.size(32, 200)
     trainable, total = trainable_parameters(model)
-    result = {"model": model, "accuracy": evaluate_task(model, enc, task, limit=limit, device=lesson.device)["accuracy"],
-              "label loss": _label_loss(model, enc, task, limit, lesson.device), "trainable": trainable,
+    result = {"model": model, **classify_scores(model, enc, task.test[:limit], task.labels, device=lesson.device)[1],
+              "trainable": trainable,
               "base params": total - trainable, "history": history}
     print(f"  {name}: test accuracy {result['accuracy']:.3f}, label loss {result['label loss']:.4f}", flush=True)
     return result
@@ -135,7 +124,7 @@ def bottleneck_sweep(lesson: Lesson, task, base_config) -> tuple[dict, dict]:
     widths = lesson.size((1, 4, 16), (1, 4, 16, 64, 256))
     runs = {m: _train(lesson, task, AdapterConfig(bottleneck=m), f"bottleneck-{m}") for m in widths}
     mid = widths[len(widths) // 2]
-    noise = _seed_spread([runs[mid]] + [_train(lesson, task, AdapterConfig(bottleneck=mid), f"bottleneck-{mid}-seed{s}",
+    noise = seed_spread([runs[mid]] + [_train(lesson, task, AdapterConfig(bottleneck=mid), f"bottleneck-{mid}-seed{s}",
                                                seed=s) for s in (1, 2)])
     lesson.record(f"seed_spread_m{mid}", noise)
     rows = [{"m": m, "trainable": run["trainable"], "closed form": closed_form(base_config, m, "houlsby"),

@@ -50,13 +50,12 @@ from __future__ import annotations
 
 import copy
 
-import torch
 
 from minitune.checkpoint import read_json
 from minitune.data.tasks import load_task
-from minitune.evaluate import label_logprobs
+from minitune.evaluate import classify_scores
 from minitune.finetune import finetune, supervised
-from minitune.lesson import Lesson, step_time_ms
+from minitune.lesson import Lesson, seed_spread, step_time_ms
 from minitune.pretrain import load_run, pretrain
 from minitune.strategies import FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy
 from minitune.train import evaluate_loss, seed_everything
@@ -64,14 +63,6 @@ from minitune.train import evaluate_loss, seed_everything
 TASK = "topic"
 N_TOKENS = 20
 
-
-def _classify(model, enc, task, limit: int, device: str) -> dict:
-    """Test accuracy and label loss (-log p(gold), p normalised over the label words), from one scoring pass."""
-    examples = task.test[:limit]
-    scores = label_logprobs(model, enc, [ex.prompt for ex in examples], task.labels, device)  # (N, labels)
-    gold = torch.tensor([task.labels.index(ex.target.strip()) for ex in examples])
-    return {"accuracy": float((scores.argmax(dim=1) == gold).float().mean()),
-            "label loss": float(-scores.log_softmax(dim=1)[torch.arange(len(examples)), gold].mean())}
 
 
 def _steps(lesson: Lesson) -> int:
@@ -84,7 +75,7 @@ def _train(lesson: Lesson, task, config, name: str, base=None, lr: float | None 
                                lr=lr, seed=seed, device=lesson.device, eval_every=lesson.size(5, 30), quiet=True,
                                checkpoint_every=0)
     run = read_json(out / "run.json")
-    result = {**_classify(model, enc, task, lesson.size(32, 200), lesson.device), "history": run["history"],
+    result = {**classify_scores(model, enc, task.test[:lesson.size(32, 200)], task.labels, device=lesson.device)[1], "history": run["history"],
               "trainable": run["trainable_params"], "params": run["total_params"] - run["trainable_params"]}
     if isinstance(config, FullConfig):
         result["params"] = run["total_params"]
@@ -111,7 +102,7 @@ def seeds(lesson: Lesson, task) -> tuple[dict, dict]:
              "final val loss": r["history"][-1]["val_loss"]} for s, r in enumerate(runs)]
     lesson.table(f"Soft prompt of {config.n_tokens} tokens (init {config.init!r}, lr {PromptTuningConfig.default_lr}), "
                  f"{TASK}, {_steps(lesson)} steps; only the seed differs (the prompt's start and the batch order)", rows)
-    noise = {k: max(r[k] for r in rows) - min(r[k] for r in rows) for k in ("test accuracy", "test label loss")}
+    noise = seed_spread(rows, ("test accuracy", "test label loss"))
     lesson.record("seed_spread", noise)
     lesson.conclude(
         f"The same setting gave test accuracies from {min(r['test accuracy'] for r in rows):.3f} to "

@@ -69,6 +69,20 @@ def label_logprobs(model, enc, prompts: list[str], labels: tuple[str, ...], devi
     return torch.stack(scores).view(len(prompts), len(labels))
 
 
+def classify_scores(model, enc, examples, labels: tuple[str, ...], prompts: list[str] | None = None,
+                    device="cpu") -> tuple[list[str], dict]:
+    """Predicted labels, plus accuracy and label loss: -log p(gold label), p normalised over the label words.
+
+    One scoring pass; `prompts` (e.g. few-shot ones) default to the examples' own.
+    """
+    scores = label_logprobs(model, enc, prompts or [ex.prompt for ex in examples], labels, device)  # (N, labels)
+    gold = torch.tensor([labels.index(ex.target.strip()) for ex in examples])
+    picked = scores.argmax(dim=1)
+    return [labels[i] for i in picked.tolist()], {
+        "accuracy": float((picked == gold).float().mean()),
+        "label loss": float(-scores.log_softmax(dim=1)[torch.arange(len(examples)), gold].mean())}
+
+
 @lru_cache(maxsize=16)
 def stop_token_ids(enc, stop: str) -> frozenset[int]:
     """<|endoftext|> and every token whose text contains the stop string."""
@@ -147,8 +161,7 @@ def evaluate_task(model, enc, task: Task, split: str = "test", shots: int = 0, l
     if task.kind == "classification":
         room -= max(len(enc.encode_ordinary(" " + w)) for w in task.labels)
         prompts = [prompt_for(task, ex, shots, enc, room, seed) for ex in examples]
-        scores = label_logprobs(model, enc, prompts, task.labels, device)
-        predictions = [task.labels[i] for i in scores.argmax(dim=1).tolist()]
+        predictions, _ = classify_scores(model, enc, examples, task.labels, prompts, device)
         golds = [ex.target.strip() for ex in examples]
         metrics = {"accuracy": accuracy(predictions, golds), "macro_f1": macro_f1(predictions, golds, task.labels)}
     else:

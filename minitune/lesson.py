@@ -151,6 +151,11 @@ def _cell(v) -> str:
     return str(v)
 
 
+def seed_spread(runs: list[dict], keys: tuple[str, ...] = ("accuracy", "label loss")) -> dict:
+    """Largest minus smallest of each measure over runs that differ only in their seed: the noise floor."""
+    return {k: max(r[k] for r in runs) - min(r[k] for r in runs) for k in keys}
+
+
 def held_out_text(target_bytes: int) -> list[str]:
     """General tiny-world documents drawn with another seed than the base's corpus: a test of what it knows."""
     return split(pretraining_corpus(target_bytes=target_bytes, seed=1), 0.5, seed=1)[1]
