@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import os
@@ -259,6 +260,18 @@ def test_code_snippets_are_valid_python_that_does_what_they_say():
             if item.recipe == "chain":
                 assert fn(*args) == _read_chain(item.description, *args), (item.description, args)
     assert recipes >= {"chain", "binary", "pick", "abs", "clamp", "branch", "parity", "test"}
+
+
+def test_held_out_functions_are_chosen_by_what_they_compute():
+    rng = random.Random(1)
+    items = [make_code_item(rng) for _ in range(2000)]
+    share = sum(item.held_out for item in items) / len(items)
+    assert 0.2 < share < 0.3   # one in HELD_OUT_ONE_IN = 4
+    for item in items[:200]:
+        # another name or another wording of the same function is the same function
+        assert dataclasses.replace(item, fn_name="other", description="anything").held_out == item.held_out
+    assert all(make_code_item(rng, held_out=True).held_out for _ in range(50))
+    assert not any(make_code_item(rng, held_out=False).held_out for _ in range(50))
 
 
 # --- labelled generators -------------------------------------------------------------------------------

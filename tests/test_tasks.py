@@ -13,9 +13,11 @@ import pytest
 
 from minitune.data import build_world, reserved_facts
 from minitune.data.jsonl import load_jsonl_task
+from minitune.data import pretraining_corpus
 from minitune.data.tasks import (DEFAULT_SIZES, EOT, QA_TEMPLATES, SPLITS, TASKS, TEST_TEMPLATE,
-                                 TRAIN_TEMPLATES, VALIDATION_TEMPLATE, Example, Task, few_shot_prompt,
-                                 fit_shots, load_task, pick_shots, qa_fact_documents)
+                                 TRAIN_TEMPLATES, VALIDATION_TEMPLATE, Example, Task, code_source,
+                                 few_shot_prompt, fit_shots, load_task, pick_shots, qa_fact_documents)
+from minitune.pretrain import RECIPES
 from minitune.errors import ConfigError, DataError
 from minitune.tokenizer import get_tokenizer
 
@@ -173,22 +175,61 @@ def test_qa_templates_cover_every_relation_and_differ():
 
 # --- code --------------------------------------------------------------------------------------------------
 
-def test_code_targets_run_and_give_the_reference_outputs(tasks):
+def test_code_prompts_give_the_signature_and_targets_the_body(tasks):
     task = tasks["code"]
     assert task.stop == "\n\n"
     seen = set()
     for e in _all(task):
-        assert e.prompt.startswith("# ") and e.prompt.endswith("\n") and e.prompt.count("\n") == 1
-        assert e.target.startswith("def ") and not e.target.endswith("\n") and "\n\n" not in e.target
+        comment, signature = e.prompt.split("\n")
+        assert comment.startswith("# ") and signature == e.meta["signature"]
+        assert signature == f"def {e.meta['fn_name']}({', '.join(e.meta['params'])}):"
+        assert e.target.startswith("\n    ") and not e.target.endswith("\n") and "\n\n" not in e.target
         assert task.completion(e).endswith("\n\n")
         inputs, outputs = e.meta["inputs"], e.meta["outputs"]
         assert len(inputs) == 5 and any(0 in args for args in inputs) and any(min(a) < 0 for a in inputs)
         namespace: dict = {}
-        exec(e.target, namespace)   # the sources come from our own generator
+        exec(code_source(e, e.target), namespace)   # the sources come from our own generator
         fn = namespace[e.meta["fn_name"]]
         assert [fn(*args) for args in inputs] == list(outputs)
         seen.add(e.prompt + e.target)
     assert len(seen) == len(_all(task))
+
+
+def test_code_prompt_and_body_tokenize_as_the_corpus_does(tasks, enc):
+    # the prompt/answer cut falls on a token boundary of the whole function, as the base read it
+    for e in _all(tasks["code"])[:300]:
+        whole = enc.encode_ordinary(e.prompt + e.target)
+        assert enc.encode_ordinary(e.prompt) + enc.encode_ordinary(e.target) == whole
+
+
+def test_code_source_of_an_answer_without_a_signature_is_the_answer():
+    ex = Example("# double x\n", "def d(x):\n    return 2 * x", {"executable": False})
+    assert code_source(ex, ex.target) == ex.target
+
+
+def test_code_evaluation_functions_are_new_to_training(tasks):
+    """No validation or test function is a training answer, under any name or description."""
+    for seed in (0, 1):
+        task = tasks["code"] if seed == 0 else load_task("code", seed=seed)
+        trained = {(e.meta["params"], e.target) for e in task.train}
+        for e in task.validation + task.test:
+            assert (e.meta["params"], e.target) not in trained
+
+
+def test_no_code_evaluation_item_is_in_the_pretraining_corpus():
+    """Nothing a code test or validation item asks or answers is text the tiny base pretrains on.
+
+    The corpus is the one `minitune pretrain --preset tiny` reads (its full size, about 1.5 s to make).
+    A solution counts as the complete function, ending with its newline: "return x * 8" is also the
+    start of "return x * 8 * 2 + 3", which is another function.
+    """
+    text = "\x00".join(pretraining_corpus(target_bytes=RECIPES["tiny"]["corpus_bytes"], seed=0))
+    for seed in (0, 1, 2):
+        task = load_task("code", seed=seed)
+        for e in task.validation + task.test:
+            description = e.prompt.split("\n")[0] + "\n"
+            assert description not in text, (seed, e.prompt)
+            assert code_source(e, e.target) + "\n" not in text, (seed, e.prompt)
 
 
 def test_cut_stops_at_the_stop_string_and_end_of_text(tasks):

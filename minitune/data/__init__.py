@@ -29,8 +29,8 @@ from minitune.data.reviews import SENTIMENTS, make_review
 from minitune.data.snippets import CodeItem, make_code, make_code_document, make_code_item
 from minitune.data.stories import make_animal_story, make_story
 from minitune.data.world import World, build_world, reserved_facts
-from minitune.data.tasks import (TASKS, Example, Task, few_shot_prompt, fit_shots, load_task, pick_shots,
-                                 qa_fact_documents)
+from minitune.data.tasks import (TASKS, Example, Task, code_source, few_shot_prompt, fit_shots, load_task,
+                                 pick_shots, qa_fact_documents)
 from minitune.data.jsonl import JSONL_KINDS, load_jsonl_task
 
 __all__ = [
@@ -39,6 +39,6 @@ __all__ = [
     "make_animal_story", "make_clinic_note", "make_code", "make_code_document", "make_code_item",
     "make_description", "make_dialogue", "make_document", "make_report", "make_review", "make_story",
     "make_topic_text", "pretraining_corpus", "reserved_facts", "split", "word_counts",
-    "JSONL_KINDS", "TASKS", "Example", "Task", "few_shot_prompt", "fit_shots", "load_jsonl_task", "load_task",
+    "JSONL_KINDS", "TASKS", "Example", "Task", "code_source", "few_shot_prompt", "fit_shots", "load_jsonl_task", "load_task",
     "pick_shots", "qa_fact_documents",
 ]

@@ -4,10 +4,17 @@ A function is built as a small expression tree, then (1) rendered to source, (2)
 (3) evaluated directly from the tree. (3) is the reference the tests compare the executed source against,
 so a wrong bracket in the renderer cannot hide. The subset: def, return, if/else, ints, + - * // %,
 comparisons; one or two arguments; every function is total (no division by an argument).
+
+The space of functions is split in two by a hash of what a function computes (its parameters and its
+tree, not its name or wording): one function in `HELD_OUT_ONE_IN` is held out. The pretraining corpus
+and the code task's training split only ever draw open functions; the task's validation and test
+splits only held-out ones. So no test function, under any name or phrasing, is text the base read or
+an answer fine-tuning showed: a model passes a test item by writing a body it has not seen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import random
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ BIN_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": operat
 CMP_OPS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le, "==": operator.eq}
 CMP_WORDS = {">": "greater than", "<": "less than", ">=": "at least", "<=": "at most", "==": "equal to"}
 PRECEDENCE = {"cmp": 1, "+": 2, "-": 2, "*": 3, "//": 3, "%": 3, "neg": 4, "var": 5, "num": 5}
+HELD_OUT_ONE_IN = 4   # the share of the function space kept for evaluation
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,18 @@ class CodeItem:
     def document(self) -> str:
         """The text a corpus holds: the description as a comment, then the source."""
         return f"# {self.description}\n{self.source}"
+
+    @property
+    def signature(self) -> str:
+        """The first line of the source: "def name(a, b):"."""
+        return f"def {self.fn_name}({', '.join(self.params)}):"
+
+    @property
+    def held_out(self) -> bool:
+        """Is this function in the held-out part of the space (see the module docstring)?"""
+        # the key is what the function computes: the same tree under another name or wording is the same
+        key = f"{self.params!r} {self.body!r}".encode()
+        return hashlib.sha256(key).digest()[0] % HELD_OUT_ONE_IN == 0
 
 
 def evaluate(e: Expr, env: dict[str, int]) -> int | bool:
@@ -203,11 +223,15 @@ def _source(name: str, params: tuple[str, ...], body: tuple, rng: random.Random)
     return head + f"    if {render(cond)}:\n        return {render(then)}\n" + tail + render(other) + "\n"
 
 
-def make_code_item(rng: random.Random) -> CodeItem:
-    """A random function with its description, source and reference tree."""
-    recipe, params, body, text, names = _recipe(rng)
-    name = rng.choice(names)
-    return CodeItem(text, _source(name, params, body, rng), name, len(params), params, recipe, body)
+def make_code_item(rng: random.Random, held_out: bool | None = None) -> CodeItem:
+    """A random function with its description, source and reference tree; with `held_out` True (False),
+    one from the held-out (open) part of the space, drawn again until it is."""
+    while True:
+        recipe, params, body, text, names = _recipe(rng)
+        name = rng.choice(names)
+        item = CodeItem(text, _source(name, params, body, rng), name, len(params), params, recipe, body)
+        if held_out is None or item.held_out == held_out:
+            return item
 
 
 def make_code(rng: random.Random) -> tuple[str, str, str, int]:
@@ -217,6 +241,6 @@ def make_code(rng: random.Random) -> tuple[str, str, str, int]:
 
 
 def make_code_document(rng: random.Random) -> str:
-    """A corpus document: one function (sometimes two) under its description comment."""
-    items = [make_code_item(rng) for _ in range(1 if rng.random() < 0.65 else 2)]
+    """A corpus document: one open function (sometimes two), each under its description comment."""
+    items = [make_code_item(rng, held_out=False) for _ in range(1 if rng.random() < 0.65 else 2)]
     return "\n".join(item.document for item in items)

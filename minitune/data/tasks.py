@@ -2,20 +2,26 @@
 
 An `Example` is a prompt that ends where the answer starts and a target that is the answer:
 
-    sentiment      "Review: {review}\\nSentiment:"   -> " positive"        (classification)
-    topic          "News: {item}\\nTopic:"           -> " weather"         (classification)
-    summarization  "Report: {report}\\nSummary:"     -> " {one sentence}"  (generation, stop "\\n")
-    qa             "Question: {question}\\nAnswer:"  -> " {value}"         (generation, stop "\\n")
-    code           "# {description}\\n"              -> "def f(x):\\n..."   (generation, stop "\\n\\n")
+    sentiment      "Review: {review}\\nSentiment:"        -> " positive"             (classification)
+    topic          "News: {item}\\nTopic:"                -> " weather"              (classification)
+    summarization  "Report: {report}\\nSummary:"          -> " {one sentence}"       (generation, stop "\\n")
+    qa             "Question: {question}\\nAnswer:"       -> " {value}"              (generation, stop "\\n")
+    code           "# {description}\\ndef f(x, y):"       -> "\\n    return x + y"  (generation, stop "\\n\\n")
 
 Conventions the trainer and the evaluator share:
 - a target never holds the stop string; fine-tuning trains on `task.completion(ex)` (target + stop),
   generation is cut with `task.cut(text)` (at the stop or <|endoftext|>) and compared with the target;
 - QA answers are the fact's value exactly ("6", "silver", "7 in the morning"): no units, so exact match
   and token F1 compare against the knowledge base itself;
-- a code target starts at `def` (the prompt ends with a newline) and ends without a newline, so a
-  function followed by a blank line, which is how two functions are separated in the pretraining text,
-  ends exactly at the stop "\\n\\n".
+- a code prompt gives the function's signature, so the name and parameters are given and the answer is
+  the body: `code_source(ex, generated)` joins them into the function the evaluator runs. The prompt ends
+  at the colon and the body starts with its newline because that is where the tokenizer cuts the same
+  text in the pretraining corpus ("):" | "\\n   " | " return"); a prompt ending after the newline would
+  ask the model to continue from a token it never saw there. A body ends without a newline, so a
+  function followed by a blank line, which is how two functions are separated in the pretraining
+  text, ends exactly at the stop "\\n\\n". Validation and test functions come from the held-out part of
+  the function space (see `minitune.data.snippets`), which neither the pretraining corpus nor the
+  training split ever contains.
 
 Texts are kept short so they fit a 128-token context (the character caps in `MAX_CHARS`); the review's
 header line ("Review of the X by Y:") is dropped, as it names the product, never an opinion. The test
@@ -179,18 +185,35 @@ def code_inputs(item: CodeItem) -> tuple[tuple[int, ...], ...]:
     return ((0, small()), (-small(), small()), (big(), -small()), (a, a), (big(), small()))
 
 
-def _code(rng: random.Random, world: World, label: None) -> Example:
-    item = make_code_item(rng)
+def _code(rng: random.Random, world: World, label: None, held_out: bool = False) -> Example:
+    item = make_code_item(rng, held_out)
     inputs = code_inputs(item)
-    meta = {"fn_name": item.fn_name, "arity": item.arity, "params": item.params, "recipe": item.recipe,
-            "inputs": inputs, "outputs": tuple(item.reference(*args) for args in inputs), "executable": True}
-    return Example(f"# {item.description}\n", item.source.rstrip("\n"), meta)
+    meta = {"fn_name": item.fn_name, "signature": item.signature, "arity": item.arity, "params": item.params,
+            "recipe": item.recipe, "inputs": inputs, "outputs": tuple(item.reference(*args) for args in inputs),
+            "executable": True}
+    body = item.source.removeprefix(item.signature).rstrip("\n")   # "\n    return ..."
+    return Example(f"# {item.description}\n{item.signature}", body, meta)
+
+
+def code_source(example: Example, generated: str) -> str:
+    """The function a code answer makes: the signature the prompt gave, then the generated body.
+
+    For a code example without a signature in its prompt (your own JSONL), the answer is the whole source.
+    """
+    return example.meta.get("signature", "") + generated
 
 
 DRAWS: dict[str, Callable[[random.Random, World, str | None], Example | None]] = {
     "sentiment": _sentiment, "topic": _topic, "summarization": _summarization, "code": _code,
 }
 LABELS = {"sentiment": SENTIMENTS, "topic": TOPICS}
+
+
+def _draw_for(name: str, split: str) -> Callable[[random.Random, World, str | None], Example | None]:
+    """How split `split` of task `name` draws an example: code evaluates on held-out functions only."""
+    if name == "code":
+        return lambda rng, world, label: _code(rng, world, label, held_out=split != "train")
+    return DRAWS[name]
 
 
 def _draw_split(n: int, draw: Callable, rng: random.Random, world: World, labels: tuple[str, ...],
@@ -239,7 +262,7 @@ def load_task(name: str, seed: int = 0, sizes: Mapping[str, int] | None = None,
     labels = LABELS.get(name, ())
     seen: set[str] = set()
     # test first, so its examples do not depend on how many train examples are asked for
-    parts = {s: _draw_split(n[s], DRAWS[name], rng, world, labels, seen, name) for s in reversed(SPLITS)}
+    parts = {s: _draw_split(n[s], _draw_for(name, s), rng, world, labels, seen, name) for s in reversed(SPLITS)}
     return Task(name, "classification" if labels else "generation", parts["train"], parts["validation"],
                 parts["test"], labels=labels, stop="\n\n" if name == "code" else "\n")
 
