@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from minitune.data.tasks import Example, Task, pick_shots
 from minitune.metrics import accuracy, exact_match, key_fact_recall, macro_f1, rouge_l, token_f1
-from minitune.sandbox import CallFailed, run_function
+from minitune.sandbox import CallFailed, CodeCrashed, CodeTimedOut, WrongFunctionName, run_function
 from minitune.errors import UnsafeCodeError
 
 EVAL_BATCH = 64  # rows per forward pass when scoring labels
@@ -115,18 +115,32 @@ def answer_budget(task: Task, enc) -> int:
     return max(len(enc.encode_ordinary(task.completion(ex))) for ex in task.train[:500]) + 4
 
 
-def code_passes(source: str, meta: dict) -> tuple[bool, str]:
-    """(passed, why not): does the generated function give the reference output on every test input?"""
+def code_passes(source: str, meta: dict) -> tuple[str, str]:
+    """(outcome, why): "passed", or how the generated function failed on the reference test inputs.
+
+    Outcomes: "refused" (unsafe code, never run), "wrong_name" (safe, but not the function asked for),
+    "timed_out", "crashed" (a call raised, or the process running it died) and "wrong_answer"; a function
+    that both crashes on one input and is wrong on another counts as crashed.
+    """
+    name = meta["fn_name"]
     try:
-        outputs = run_function(source, meta["fn_name"], [tuple(a) for a in meta["inputs"]])
+        outputs = run_function(source, name, [tuple(a) for a in meta["inputs"]])
+    except WrongFunctionName as e:  # the subclasses first: each is also an UnsafeCodeError
+        return "wrong_name", str(e)
+    except CodeTimedOut as e:
+        return "timed_out", str(e)
+    except CodeCrashed as e:
+        return "crashed", str(e)
     except UnsafeCodeError as e:
-        return False, str(e)
-    for args, got, want in zip(meta["inputs"], outputs, meta["outputs"]):
+        return "refused", str(e)
+    calls = list(zip(meta["inputs"], outputs, meta["outputs"]))
+    for args, got, _ in calls:
         if isinstance(got, CallFailed):
-            return False, f"{meta['fn_name']}{tuple(args)} failed: {got.reason}"
+            return "crashed", f"{name}{tuple(args)} failed: {got.reason}"
+    for args, got, want in calls:
         if got != want or type(got) is not type(want):
-            return False, f"{meta['fn_name']}{tuple(args)} = {got!r}, expected {want!r}"
-    return True, ""
+            return "wrong_answer", f"{name}{tuple(args)} = {got!r}, expected {want!r}"
+    return "passed", ""
 
 
 def mean(values) -> float:
@@ -139,9 +153,11 @@ def score_generation(task: Task, examples, predictions: list[str]) -> dict:
     """The task's generation metrics, averaged over examples."""
     targets = [ex.target.strip() for ex in examples]
     if task.name == "code" and examples and examples[0].meta.get("executable"):
-        results = [code_passes(p, ex.meta) for ex, p in zip(examples, predictions)]
-        return {"pass@1": mean(ok for ok, _ in results),
-                "refused": mean("refused" in why for _, why in results)}
+        outcomes = [code_passes(p, ex.meta)[0] for ex, p in zip(examples, predictions)]
+        # pass@1 and the share of each way to fail; together they add up to 1
+        return {"pass@1": mean(o == "passed" for o in outcomes),
+                **{kind: mean(o == kind for o in outcomes)
+                   for kind in ("refused", "wrong_name", "timed_out", "crashed", "wrong_answer")}}
     if task.name == "summarization":
         return {"rougeL_f1": mean(rouge_l(p, t)["f1"] for p, t in zip(predictions, targets)),
                 "key_fact_recall": mean(key_fact_recall(p, ex.meta["facts"].values())

@@ -1,15 +1,20 @@
 """Evaluation: label scoring against a direct computation, generation cut at stops, code judged safely,
 and `minitune finetune / evaluate / generate` end to end on the nano base for every strategy and task."""
 
+import ast
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import minitune.evaluate as evaluate
+import minitune.sandbox as sandbox
 from minitune.cli import main
-from minitune.data.tasks import TASKS, load_task
-from minitune.evaluate import code_passes, evaluate_task, generate_text, label_logprobs, stop_token_ids
+from minitune.data.tasks import TASKS, Example, load_task
+from minitune.evaluate import (code_passes, evaluate_task, generate_text, label_logprobs, score_generation,
+                               stop_token_ids)
 from minitune.finetune import open_run
 from minitune.tokenizer import get_tokenizer
 
@@ -38,15 +43,53 @@ def test_generation_is_cut_at_the_stop_string(nano_base):
     assert generate_text(nano_base, ENC, "The market", 30, stop="\n") == cut  # greedy: repeatable
 
 
-def test_code_is_judged_by_running_it_safely():
-    meta = {"fn_name": "f", "inputs": [(1,), (2,), (-3,)], "outputs": [3, 5, -5]}
-    assert code_passes("def f(x):\n    return 2 * x + 1", meta) == (True, "")
-    ok, why = code_passes("def f(x):\n    return x + 1", meta)
-    assert not ok and "expected 3" in why
-    ok, why = code_passes("def f(x):\n    import os\n    return 1", meta)
-    assert not ok and "refused" in why
-    ok, why = code_passes("def f(x):\n    return x // 0", meta)
-    assert not ok and "failed" in why
+CODE_META = {"fn_name": "f", "inputs": [(1,), (2,), (-3,)], "outputs": [3, 5, -5]}
+# sources that skip the check (see unchecked_seam), to reach the evaluator's timeout and crash for real
+ENDLESS = "#unchecked\ndef f(x):\n    while True:\n        x = x + 1\n"
+DIES = ("#unchecked\ndef f(x):\n    return [c for c in ().__class__.__base__.__subclasses__()\n"
+        "            if c.__name__ == '_wrap_close'][0].__init__.__globals__['_exit'](3)\n")
+JUDGED = {  # source -> how code_passes judges it against CODE_META
+    "def f(x):\n    return 2 * x + 1": "passed",
+    "def f(x):\n    return x + 1": "wrong_answer",
+    "def f(x):\n    import os\n    return 1": "refused",
+    "def g(x):\n    import os\n    return 1": "refused",  # unsafe and misnamed: unsafe comes first
+    "def g(x):\n    return 2 * x + 1": "wrong_name",
+    "def f(x):\n    return x // 0": "crashed",
+    "def f(x):\n    return 10 // (x - 2) + x": "crashed",  # wrong at 1 as well, but a crash counts first
+    ENDLESS: "timed_out",
+    DIES: "crashed",
+}
+
+
+@pytest.fixture
+def unchecked_seam(monkeypatch):
+    """run_function, except that a source starting with '#unchecked' skips the check (0.3 s to run)."""
+    checked = evaluate.run_function
+
+    def run(source, fn_name, inputs, timeout_s=1.0):
+        if source.startswith("#unchecked\n"):
+            return sandbox._execute(ast.parse(source), fn_name, list(inputs), 0.3)
+        return checked(source, fn_name, inputs, timeout_s)
+
+    monkeypatch.setattr(evaluate, "run_function", run)
+
+
+def test_code_is_judged_by_running_it_safely(unchecked_seam):
+    # catches: a timeout or a crash of the evaluator's child counted as a refusal, a wrong name as unsafe
+    assert code_passes("def f(x):\n    return 2 * x + 1", CODE_META) == ("passed", "")
+    judged = {source: code_passes(source, CODE_META) for source in JUDGED}
+    assert {source: outcome for source, (outcome, _) in judged.items()} == JUDGED
+    assert all(why for outcome, why in judged.values() if outcome != "passed")  # every failure says why
+
+
+def test_the_code_metric_counts_each_way_to_fail_apart(unchecked_seam):
+    # catches: shares that overlap or miss a kind (they must add up to 1), a missing pass@1
+    examples = [Example("", "", {**CODE_META, "executable": True}) for _ in JUDGED]
+    scores = score_generation(SimpleNamespace(name="code"), examples, list(JUDGED))
+    n = len(JUDGED)
+    assert scores == pytest.approx({"pass@1": 1 / n, "refused": 2 / n, "wrong_name": 1 / n, "timed_out": 1 / n,
+                                    "crashed": 3 / n, "wrong_answer": 1 / n})
+    assert sum(scores.values()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("name", TASKS)

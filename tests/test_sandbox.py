@@ -1,9 +1,19 @@
-"""The restricted evaluator: good functions give Python's answers; hostile code is refused before it runs."""
+"""The restricted evaluator: good functions give Python's answers; hostile code is refused before it runs;
+code that gets past the check anyway (run here through an unchecked seam) meets a confined child, and
+nothing that child does can hang or crash the parent."""
 
 import ast
-import multiprocessing
+import errno
+import json
+import os
 import re
+import select
+import shutil
+import socket
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
@@ -11,7 +21,7 @@ from hypothesis import strategies as st
 
 import minitune.sandbox as sandbox
 from minitune.errors import MinituneError, UnsafeCodeError
-from minitune.sandbox import CallFailed, check_source, run_function
+from minitune.sandbox import CallFailed, CodeCrashed, CodeTimedOut, check_source, run_function
 
 
 def fn(*lines: str, args: str = "x") -> str:
@@ -174,35 +184,376 @@ def test_refusals_name_the_line():
         check_source(fn("y = x + 1", "if y > 2:", "    return len(y)", "return y"), "f")
 
 
-# ---------------------------------------------------------------- the process guard
+# ---------------------------------------------------------------- inputs, read once
+
+
+class Shifty(tuple):
+    """A tuple that shows its first reader small numbers and every later reader a huge one."""
+
+    reads = 0
+
+    def __iter__(self):
+        Shifty.reads += 1
+        return iter((1,) if Shifty.reads == 1 else (10**20,))
+
+
+def test_inputs_are_read_once_so_what_runs_is_what_was_checked():
+    # catches: checking the caller's tuples and then handing those same objects to the child
+    Shifty.reads = 0
+    assert run_function(fn("return x"), "f", [Shifty((1,))]) == [1]
+
+    class ShiftyList(list):
+        def __iter__(self):
+            self.reads = getattr(self, "reads", 0) + 1
+            return iter([(2,)] if self.reads == 1 else [(10**20,), (3,)])
+
+    assert run_function(fn("return x"), "f", ShiftyList()) == [2]
+
+
+def test_source_and_name_must_be_plain_strings():
+    # catches: trusting a str subclass's len() in the size check
+    class Short(str):
+        def __len__(self):
+            return 0
+
+    long_source = fn(*["x = x + 1"] * 300, "return x")
+    assert len(long_source) > sandbox.MAX_SOURCE_CHARS
+    with pytest.raises(TypeError):
+        run_function(Short(long_source), "f", [(1,)])
+    with pytest.raises(ValueError):
+        run_function(fn("return x"), Short("f"), [(1,)])
+
+
+@pytest.mark.parametrize("timeout_s", [True, 0, -1.0, float("nan"), float("inf"), 1e9, "1", None])
+def test_timeout_must_be_a_sensible_number_of_seconds(timeout_s):
+    # catches: accepting True as one second, or a timeout so long it is no timeout
+    with pytest.raises(ValueError):
+        run_function(fn("return x"), "f", [(1,)], timeout_s=timeout_s)
+
+
+def test_a_safe_function_under_another_name_is_told_apart_from_unsafe_code():
+    # catches: checking the name before the body, so that unsafe code could be reported as merely misnamed
+    with pytest.raises(sandbox.WrongFunctionName):
+        check_source(fn("return x").replace("def f", "def g"), "f")
+    with pytest.raises(UnsafeCodeError) as caught:
+        check_source("def g(x):\n    return open(x)\n", "f")
+    assert not isinstance(caught.value, sandbox.WrongFunctionName)
+
+
+# ---------------------------------------------------------------- the second wall, with the first bypassed
 
 
 def parse_unchecked(source: str) -> ast.Module:
     return ast.parse(source)  # deliberately skips check_source: only the runner's guards stand
 
 
+def escaped(payload: str) -> ast.Module:
+    """An unchecked f(x) that gets the real builtins back in one line and runs payload with them.
+
+    This is what a hole in the checker would hand an attacker; f returns the payload's `result`.
+    """
+    return parse_unchecked(
+        "def f(x):\n"
+        "    b = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
+        ".__init__.__globals__['__builtins__']\n"
+        "    ns = {'__builtins__': b, 'x': x}\n"
+        f"    b['exec']({payload!r}, ns)\n"
+        "    return ns['result']\n")
+
+
+def run_escaped(payload: str, inputs=((0,),), timeout_s: float = 5.0) -> list:
+    return sandbox._execute(escaped(payload), "f", list(inputs), timeout_s)
+
+
+def needs(wall: str) -> None:
+    if not sandbox.confinement()[wall]:
+        pytest.skip(f"this machine does not let the child raise the wall {wall!r}")
+
+
+def children() -> set[int]:
+    """This process's child processes, zombies included (Linux)."""
+    if not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
+        pytest.skip("no /proc/<pid>/task/<tid>/children here to count child processes with")
+    pids = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return pids
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def open_dir():
+    """A directory anyone may write to and read from, so that only the walls, not permissions, stop the child."""
+    path = Path(tempfile.mkdtemp())
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_one_line_gets_past_empty_builtins():
+    # the control for every test below: were the escape broken, they would pass for the wrong reason
+    assert run_escaped("import os\nresult = os.getpid()")[0] not in (os.getpid(), None)
+    assert isinstance(sandbox._execute(parse_unchecked(fn("return len([x])")), "f", [(1,)], 5.0)[0], CallFailed)
+
+
+def test_the_child_can_open_no_file_or_socket(open_dir):
+    # catches: a child that keeps the parent's descriptor limit
+    secret = open_dir / "secret"
+    secret.write_text("token")
+    secret.chmod(0o644)
+    target = open_dir / "written"
+    payload = ("import socket\n"
+               f"attempts = [lambda: open({str(target)!r}, 'w'), lambda: open({str(secret)!r}),\n"
+               "            lambda: socket.socket(), lambda: __import__('os').pipe()]\n"
+               "try:\n"
+               "    attempts[x]()\n"
+               "    result = 0\n"
+               "except OSError as e:\n"
+               "    result = e.errno\n")
+    assert run_escaped(payload, [(0,), (1,), (2,), (3,)]) == [errno.EMFILE] * 4
+    assert not target.exists()
+
+
+def test_with_its_pipe_closed_the_child_still_finds_no_file_or_program(open_dir):
+    # catches: a child left in the real filesystem, where closing the answer pipe frees a descriptor
+    needs("empty root")
+    target, marker = open_dir / "written", open_dir / "ran"
+    touch = shutil.which("touch") or pytest.skip("no touch program to try to exec")
+    for payload in (f"import os\nos.close(0)\nopen({str(target)!r}, 'w')",
+                    f"import os\nos.close(0)\nos.execv({touch!r}, ['touch', {str(marker)!r}])"):
+        with pytest.raises(CodeCrashed):  # it cannot answer through a closed pipe
+            run_escaped(payload)
+    assert not target.exists() and not marker.exists()
+
+
+def test_the_child_sees_no_environment(monkeypatch):
+    # catches: a fork that keeps the parent's environment, tokens and all
+    monkeypatch.setenv("MINITUNE_TEST_SECRET", "hunter2")
+    assert run_escaped("import os\nresult = len(os.environ)") == [0]
+
+
+def test_the_child_cannot_start_a_process():
+    # catches: no RLIMIT_NPROC, or one set while still root (it does not bind root)
+    needs("no new processes")
+    payload = ("import os\n"
+               "try:\n"
+               "    pid = os.fork()\n"
+               "except OSError as e:\n"
+               "    result = e.errno\n"
+               "else:\n"
+               "    if pid == 0:\n"
+               "        os._exit(0)\n"
+               "    os.waitpid(pid, 0)\n"
+               "    result = 0\n")
+    assert run_escaped(payload) == [errno.EAGAIN]
+
+
+def test_the_child_cannot_reach_the_network():
+    # catches: a child in the parent's network namespace (it frees a descriptor by closing its pipe first)
+    needs("no network")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        payload = ("import os, socket\n"
+                   "os.close(0)\n"
+                   f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\n")
+        with pytest.raises(CodeCrashed):
+            run_escaped(payload)
+        readable, _, _ = select.select([listener], [], [], 0.2)
+        assert readable == []  # nobody connected
+
+
+def test_the_child_cannot_take_much_memory():
+    # catches: no address-space limit (a bomb would take the machine's memory, not just its own)
+    needs("address space")
+    payload = ("try:\n"
+               "    block = bytearray(1 << 30)\n"
+               "    result = 0\n"
+               "except MemoryError:\n"
+               "    result = 1\n")
+    assert run_escaped(payload) == [1]
+
+
+def test_the_limits_are_set_and_cannot_be_raised_again():
+    # catches: a missing limit, a soft-only limit the code may raise, or root keeping CAP_SYS_RESOURCE
+    needs("no privileges")
+    payload = ("import resource as r\n"
+               "limits = [r.RLIMIT_CPU, r.RLIMIT_FSIZE, r.RLIMIT_NOFILE, r.RLIMIT_CORE, r.RLIMIT_NPROC]\n"
+               "if x < len(limits):\n"
+               "    result = r.getrlimit(limits[x])[1]\n"
+               "elif x == len(limits):\n"
+               "    result = int(r.getrlimit(r.RLIMIT_AS)[1] != r.RLIM_INFINITY)\n"
+               "else:\n"
+               "    try:\n"
+               "        r.setrlimit(r.RLIMIT_NOFILE, (64, 64))\n"
+               "        result = 0\n"
+               "    except ValueError:\n"
+               "        result = 1\n")
+    # hard limits: CPU seconds (the 5 s timeout + 2), file size, descriptors, core size, processes
+    assert run_escaped(payload, [(i,) for i in range(7)], timeout_s=5.0) == [7, 0, 1, 0, 0, 1, 1]
+
+
+def test_the_child_holds_only_its_answer_pipe_in_a_session_of_its_own(tmp_path):
+    # catches: inherited descriptors, and a child in the parent's process group (a group kill would miss
+    # nothing then, but the parent's own kill would have to chase grandchildren one by one)
+    payload = ("import os\n"
+               "def is_open(fd):\n"
+               "    try:\n"
+               "        os.fstat(fd)\n"
+               "        return True\n"
+               "    except OSError:\n"
+               "        return False\n"
+               "checks = [lambda: sum(map(is_open, range(4096))),\n"
+               "          lambda: os.getsid(0) == os.getpgid(0) == os.getpid(),\n"
+               "          lambda: os.geteuid() != 0]\n"
+               "result = checks[x]()\n")
+    with open(tmp_path / "held", "w"):  # one more descriptor the child must not get
+        assert run_escaped(payload, [(0,), (1,), (2,)]) == [1, True, True]
+
+
+def test_the_evaluator_still_runs_where_the_platform_refuses_the_optional_walls(monkeypatch):
+    # catches: a wall whose refusal crashes the child instead of leaving that wall out
+    monkeypatch.setattr(sandbox, "_LIBC", None)  # as on macOS: no prctl, unshare or capset
+    monkeypatch.setattr(sandbox.os, "chroot", lambda path: (_ for _ in ()).throw(PermissionError(path)))
+    monkeypatch.setattr(sandbox, "_granted", None)
+    assert run_function(fn("return x + 1"), "f", [(1,)]) == [2]
+    walls = sandbox.confinement()
+    assert not walls["no network"] and not walls["empty root"] and not walls["dies with parent"]
+    assert all(walls[name] for name in ("own session", "descriptors closed", "one descriptor", "no file writes"))
+
+
+def test_the_report_names_every_wall():
+    walls = sandbox.confinement()
+    assert set(walls) == set(sandbox.WALLS)
+    # these need nothing but POSIX, so every machine that can fork grants them
+    assert all(walls[name] for name in ("own session", "descriptors closed", "empty environment", "cpu time",
+                                        "no file writes", "one descriptor", "no core dumps"))
+
+
+# ---------------------------------------------------------------- the parent cannot hang or crash
+
+
 def test_timeout_kills_a_slow_program():
+    before = children()
     module = parse_unchecked(fn("while True:", "    x = x + 1"))
     start = time.perf_counter()
-    with pytest.raises(UnsafeCodeError, match="timed out after 0.3 s"):
+    with pytest.raises(CodeTimedOut, match="timed out after 0.3 s"):
         sandbox._execute(module, "f", [(1,)], timeout_s=0.3)
     assert time.perf_counter() - start < 5.0
-    assert multiprocessing.active_children() == []  # killed and reaped
+    assert children() == before  # killed and reaped
 
 
-def test_timeout_is_reported_cleanly():
-    # a loop the checker would refuse, run through the unchecked seam: only the time limit can stop it
-    with pytest.raises(UnsafeCodeError, match="timed out"):
-        sandbox._execute(parse_unchecked("def f(x):\n    while True:\n        x = x + 1\n"), "f", [(1,)], timeout_s=0.3)
-    assert multiprocessing.active_children() == []
-    with pytest.raises(ValueError):
-        run_function(fn("return x"), "f", [(1,)], timeout_s=0)
+def test_a_child_that_stalls_in_the_middle_of_its_answer_is_killed_at_the_deadline():
+    # catches: a deadline that only covers the first byte of the answer
+    before = children()
+    start = time.perf_counter()
+    with pytest.raises(CodeTimedOut):
+        run_escaped("import os, time\nos.write(0, b'{\"results\": [[')\ntime.sleep(30)", timeout_s=0.5)
+    assert time.perf_counter() - start < 5.0
+    assert children() == before
 
 
-def test_child_has_no_builtins():
-    # second layer: even code that slipped past the checker finds no builtins to call
-    out = sandbox._execute(parse_unchecked(fn("return len([x])")), "f", [(1,)], timeout_s=5.0)
-    assert isinstance(out[0], CallFailed) and "NameError" in out[0].reason
+def test_a_child_that_closes_its_pipe_and_lingers_is_not_waited_for():
+    # catches: waiting for the child to exit with no deadline once its answer has ended
+    start = time.perf_counter()
+    with pytest.raises(CodeCrashed):
+        run_escaped("import os, time\nos.close(0)\ntime.sleep(30)", timeout_s=10.0)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_an_answer_longer_than_any_honest_one_is_cut_off():
+    # catches: reading whatever the child sends into the parent's memory
+    start = time.perf_counter()
+    with pytest.raises(CodeCrashed, match="answer ran past"):
+        run_escaped("import os\nfor _ in range(64):\n    os.write(0, b' ' * 65536)\nresult = 1", timeout_s=10.0)
+    assert time.perf_counter() - start < 5.0
+
+
+N_REPLY = 10  # results a reply below must hold
+GOOD = [["value", 7]] * N_REPLY
+MALFORMED = {
+    "nothing": b"",
+    "empty object": b"{}",
+    "a string": b'"results"',
+    "not UTF-8": b"\xff\xfe",
+    "nested too deep": b"[" * 10_000 + b"]" * 10_000,
+    "an int of 5,000 digits": b'{"results": [["value", 1' + b"0" * 5_000 + b']], "walls": []}',
+    "results not a list": {"results": 7, "walls": []},
+    "one result short": {"results": GOOD[1:], "walls": []},
+    "one result too many": {"results": GOOD + GOOD[:1], "walls": []},
+    "unknown kind": {"results": GOOD[1:] + [["ok", 7]], "walls": []},
+    "float value": {"results": GOOD[1:] + [["value", 1.5]], "walls": []},
+    "NaN value": b'{"results": [' + b'["value", 7], ' * (N_REPLY - 1) + b'["value", NaN]], "walls": []}',
+    "value out of range": {"results": GOOD[1:] + [["value", 10**12 + 1]], "walls": []},
+    "string value": {"results": GOOD[1:] + [["value", "7"]], "walls": []},
+    "null value": {"results": GOOD[1:] + [["value", None]], "walls": []},
+    "reason not a string": {"results": GOOD[1:] + [["failed", 7]], "walls": []},
+    "reason too long": {"results": GOOD[1:] + [["failed", "x" * 201]], "walls": []},
+    "pair too short": {"results": GOOD[1:] + [["value"]], "walls": []},
+    "result not a pair": {"results": GOOD[1:] + [7], "walls": []},
+    "error not a string": {"error": [7], "walls": []},
+    "no walls": {"results": GOOD},
+    "unknown wall": {"results": GOOD, "walls": ["everything"]},
+    "an extra key": {"results": GOOD, "walls": [], "more": 1},
+}
+
+
+def reply_with(reply) -> ast.Module:
+    raw = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+    return escaped(f"import os\nos.write(0, {raw!r})\nos._exit(0)")
+
+
+def test_a_well_formed_reply_written_by_hand_is_read():
+    # the control for the next test: the hand-written replies really reach the parent's reader
+    module = reply_with({"results": GOOD[1:] + [["failed", "no"]], "walls": ["own session"]})
+    assert sandbox._execute(module, "f", [(0,)] * N_REPLY, 5.0) == [7] * (N_REPLY - 1) + [CallFailed("no")]
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_a_malformed_reply_is_an_error_for_that_program_not_a_crash(name):
+    # catches: KeyError, TypeError or RecursionError in the parent, or a wrong reply accepted
+    with pytest.raises(CodeCrashed):
+        sandbox._execute(reply_with(MALFORMED[name]), "f", [(0,)] * N_REPLY, 5.0)
+
+
+def test_a_function_that_cannot_be_set_up_is_a_crash():
+    with pytest.raises(CodeCrashed, match="could not be set up"):
+        sandbox._execute(parse_unchecked("def g(x):\n    return x\n"), "f", [(1,)], 5.0)
+
+
+def evaluate_from_threads(n: int, threads: int = 4) -> None:
+    """n evaluations of every kind (right, failing, crashing, timing out) from several threads at once."""
+    crash = escaped("import os\nos._exit(3)")
+    endless = parse_unchecked(fn("while True:", "    x = x + 1"))
+
+    def one(i: int) -> bool:
+        if i % 50 == 49:
+            with pytest.raises(CodeTimedOut):
+                sandbox._execute(endless, "f", [(i,)], 0.05)
+            return True
+        if i % 3 == 0:
+            return run_function(fn("return x * 3"), "f", [(i,), (-i,)]) == [3 * i, -3 * i]
+        if i % 3 == 1:
+            return isinstance(run_function(fn("return 1 // x"), "f", [(0,)])[0], CallFailed)
+        with pytest.raises(CodeCrashed):
+            sandbox._execute(crash, "f", [(i,)], 5.0)
+        return True
+
+    processes, descriptors = children(), open_descriptors()
+    with ThreadPoolExecutor(threads) as pool:
+        assert all(pool.map(one, range(n)))
+    assert children() == processes and open_descriptors() == descriptors
+
+
+def test_calls_from_several_threads_neither_crash_nor_leak():
+    # catches: a process start in one thread reaping another thread's child, or a pipe end left open
+    evaluate_from_threads(200)
 
 
 # ---------------------------------------------------------------- agreement with Python
