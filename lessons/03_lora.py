@@ -69,8 +69,9 @@ from minitune.lesson import Lesson, seed_spread
 from minitune.memory import file_size, human_bytes
 from minitune.model import GPT, count_parameters
 from minitune.pretrain import load_run
-from minitune.strategies import FullConfig, LoRAConfig, apply_strategy, save_trainable, trainable_parameters
-from minitune.strategies.lora import lora_layers, merge, merged_state_dict, unmerge
+from minitune.strategies import (FullConfig, LoRAConfig, apply_strategy, merge, save_trainable,
+                                 trainable_parameters, unmerge)
+from minitune.strategies.lora import lora_layers, merged_state_dict
 from minitune.train import TrainConfig, seed_everything, train
 
 TASK = "sentiment"

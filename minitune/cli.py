@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from minitune import distributed
 from minitune.errors import MinituneError, TrainingInterrupted
 from minitune.model import PRESETS
 
@@ -184,4 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("minitune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0

@@ -64,3 +64,9 @@ def sum_across_ranks(*values: float) -> list[float]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def teardown() -> None:
+    """Leave the process group (a process that exits still in it can abort in the backend's threads)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

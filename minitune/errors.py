@@ -1,4 +1,17 @@
-"""The project's exceptions: one small hierarchy, so callers can catch `MinituneError`."""
+"""The project's exceptions: one small hierarchy, so callers can catch `MinituneError`; and the two
+checks that config dataclasses share."""
+
+import math
+
+
+def is_count(value) -> bool:
+    """A positive int, and not a bool (True is an int in Python, but never a rank or a width)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def is_number(value) -> bool:
+    """A finite real number that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class MinituneError(Exception):

@@ -4,7 +4,8 @@ It trains whatever parameters have `requires_grad` (a strategy decides which, be
 
     for each step:
         lr = warm-up, then cosine decay
-        for each micro-batch:  loss = model(x, y) / accum;  loss.backward()
+        N = target tokens (not -100) in all of the step's micro-batches, on every process
+        for each micro-batch:  loss = (sum of its tokens' cross-entropy) / N;  loss.backward()
         clip the gradient norm;  AdamW step;  zero the gradients
         every eval_every steps:        validation loss -> log, best checkpoint
         every checkpoint_every steps:  resume state (weights, optimizer, step, random generators)
@@ -13,6 +14,11 @@ A run is a pure function of its settings: batch i is the same whenever it is ask
 rate is a function of the step, and the random generators are saved with the weights. So a run that
 is killed and resumed from its last resume state ends with exactly the weights of one that never
 stopped. Under torchrun the same loop runs in every process (see minitune/distributed.py).
+
+Why divide by N and not average each micro-batch's mean: fine-tuning batches mask their prompt tokens,
+so micro-batches hold different numbers of targets. Averaging means would weigh a token of a sparse
+micro-batch more than one of a full one; dividing every summed loss by the step's N makes the step
+exactly the one a single big batch would take, however it is split across micro-batches or processes.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from minitune import distributed
 from minitune.checkpoint import load_resume, rng_state, save_resume, set_rng_state
 from minitune.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from minitune.model import IGNORE_INDEX
 
 
 @dataclass
@@ -147,6 +155,36 @@ def autocast_for(device: torch.device):
     return nullcontext()
 
 
+def summed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Cross-entropy summed over the target tokens of one batch (0 when every target is -100)."""
+    with autocast_for(device):
+        logits, _ = model(x)  # (B, T, V): the logits of the input positions
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def accumulate_gradients(net: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+                         device: torch.device) -> float:
+    """Forward and backward over one optimizer step's micro-batches; returns this process's mean loss per target.
+
+    Each summed loss is divided by N, the step's target count over all micro-batches and processes, so the
+    gradients add up to exactly those of one big batch. Under DDP (`net` wrapped) gradients are averaged
+    across the W processes once, after the last micro-batch; that average divides by W, so each process
+    multiplies its loss by W first.
+    """
+    W = distributed.world_size()
+    n_local = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)  # counted on the host: no sync
+    n_step = distributed.sum_across_ranks(n_local)[0] if W > 1 else n_local
+    step_sum = 0.0
+    for micro, (x, y) in enumerate(micro_batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        sync = micro == len(micro_batches) - 1
+        with nullcontext() if sync or W == 1 else net.no_sync():
+            loss_sum = summed_loss(net, x, y, device)
+            (loss_sum * (W / max(n_step, 1))).backward()
+        step_sum += loss_sum.detach()
+    return float(step_sum) / max(n_local, 1)
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   device: torch.device | str = "cpu") -> float:
@@ -161,12 +199,8 @@ def evaluate_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     for b, (x, y) in enumerate(batches):
         if b % distributed.world_size() != distributed.rank():
             continue
-        x, y = x.to(device), y.to(device)
-        with autocast_for(device):
-            _, loss = model(x, y)
-        n = int((y != -100).sum())
-        total += float(loss) * n
-        count += n
+        total += float(summed_loss(model, x.to(device), y.to(device), device))
+        count += int((y != IGNORE_INDEX).sum())
     model.train(was_training)
     total, count = distributed.sum_across_ranks(total, count)
     return total / max(count, 1)
@@ -281,18 +315,11 @@ def train(
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss = 0.0
+            # this process's share of the step: micro-batch m is batch (step * accum + m) * W + rank
+            micro_batches = [train_data.batch((step * cfg.grad_accum + m) * W + rank) for m in range(cfg.grad_accum)]
             try:
-                for micro in range(cfg.grad_accum):
-                    i = (step * cfg.grad_accum + micro) * W + rank  # this process's share of the step
-                    x, y = train_data.batch(i)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    sync = micro == cfg.grad_accum - 1  # DDP: average gradients once, after the last one
-                    with (nullcontext() if sync or W == 1 else net.no_sync()), autocast_for(device):
-                        _, loss = net(x, y)
-                    (loss / cfg.grad_accum).backward()
-                    step_loss += loss.item() / cfg.grad_accum
-                    progress.tokens += x.numel() * W
+                step_loss = accumulate_gradients(net, micro_batches, device)
+                progress.tokens += sum(x.numel() for x, _ in micro_batches) * W
                 norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
             except torch.OutOfMemoryError as e:
                 raise TrainingError(

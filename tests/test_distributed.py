@@ -22,6 +22,7 @@ from minitune.train import TrainConfig, train
 train(model, data, data, TrainConfig(max_steps=5, lr=1e-2, warmup_steps=1, eval_every=5, quiet=True, device="cpu"))
 if distributed.is_main():
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, sys.argv[2])
+distributed.teardown()
 """
 
 
@@ -34,7 +35,24 @@ def build(strategy: str):
     model = apply_strategy(model, FullConfig() if strategy == "full" else LoRAConfig(r=4, targets=("c_attn", "c_fc")))
     g = torch.Generator().manual_seed(1)
     data = TokenStream(torch.randint(0, 64, (4000,), generator=g).numpy(), block_size=16, batch_size=4)
-    return model, data
+    return model, Masked(data)
+
+
+class Masked:
+    """Batches whose rows have a prompt-like masked prefix of random length: ranks hold unequal target counts."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def batch(self, i):
+        x, y = self.source.batch(i)
+        y = y.clone()
+        lengths = torch.randint(0, y.size(1), (y.size(0),), generator=torch.Generator().manual_seed(i))
+        y[torch.arange(y.size(1)) < lengths[:, None]] = -100
+        return x, y
+
+    def eval_batches(self):
+        return self.source.eval_batches()
 
 
 class GlobalBatch:
@@ -67,7 +85,9 @@ def test_two_processes_equal_one_process_on_the_global_batch(strategy, tmp_path)
     train(model, GlobalBatch(data), data, TrainConfig(max_steps=5, lr=1e-2, warmup_steps=1, eval_every=5, quiet=True,
                                                      device="cpu"))
     moved = 0
+    # Adam turns tiny gradients into full-size steps, so summation-order rounding can reach ~1e-4 in 5 steps;
+    # weighting each rank's own mean instead of every target alike was off by ~3e-2 here.
     for name, p in model.named_parameters():
-        assert torch.allclose(p.detach(), ddp[name], atol=1e-5), (name, (p.detach() - ddp[name]).abs().max())
+        assert torch.allclose(p.detach(), ddp[name], atol=5e-4), (name, (p.detach() - ddp[name]).abs().max())
         moved += p.requires_grad
     assert moved > 0

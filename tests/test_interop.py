@@ -392,10 +392,10 @@ def test_a_peft_adapter_loads_onto_a_base_read_from_hf(tmp_path):
     torch.testing.assert_close(logits(again), logits(model), rtol=1e-6, atol=1e-6)
 
 
-# --- parity with transformers and peft (skipped where they are not installed) ----------------------------
+# --- parity with transformers and peft (test dependencies: these never skip) -----------------------------
 
 def _hf_model(seed=0):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=D, n_layer=L, n_head=H,
                                      bos_token_id=V - 1, eos_token_id=V - 1)
@@ -425,7 +425,7 @@ def test_parity_transformers_save_pretrained_to_minitune(tmp_path):
 
 
 def test_parity_minitune_to_transformers_from_pretrained(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     model = random_gpt()
     save_hf_gpt2(model, tmp_path / "out")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
@@ -433,7 +433,7 @@ def test_parity_minitune_to_transformers_from_pretrained(tmp_path):
 
 
 def test_parity_minitune_lora_loads_into_peft(tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft
     hf = _hf_model()
     hf.save_pretrained(tmp_path / "hf")
     model = apply_strategy(load_hf_gpt2(tmp_path / "hf"), LoRAConfig(r=4, alpha=8, targets=("c_attn", "mlp.c_fc")))
@@ -448,7 +448,7 @@ def test_parity_minitune_lora_loads_into_peft(tmp_path):
 
 
 def test_parity_peft_adapter_loads_into_minitune(tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft
     hf = _hf_model()
     hf.save_pretrained(tmp_path / "hf")
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "mlp.c_fc"], fan_in_fan_out=True,

@@ -153,17 +153,17 @@ def test_corrupted_resume_state_is_refused(tmp_path):
 
 
 class Poisoned(nn.Module):
-    """A model whose loss turns NaN on chosen calls (a stand-in for a diverging run)."""
+    """A model whose logits turn NaN on chosen calls (a stand-in for a diverging run)."""
 
     def __init__(self, bad_calls: set[int]):
         super().__init__()
         self.inner = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8))
         self.bad_calls, self.calls = bad_calls, 0
 
-    def forward(self, x, y):
+    def forward(self, x, y=None):
         self.calls += 1
         logits, loss = self.inner(x, y)
-        return logits, loss * float("nan") if self.calls in self.bad_calls else loss
+        return (logits * float("nan"), loss) if self.calls in self.bad_calls else (logits, loss)
 
 
 def test_non_finite_loss_stops_with_step_batch_and_checkpoint_named(tmp_path):

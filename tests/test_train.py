@@ -5,12 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minitune.checkpoint import load_model, save_model
 from minitune.data.batches import TokenStream
 from minitune.errors import ConfigError, DataError
 from minitune.model import GPT, GPTConfig
-from minitune.train import TrainConfig, lr_at, make_optimizer, train
+from minitune.train import TrainConfig, accumulate_gradients, evaluate_loss, lr_at, make_optimizer, train
 
 
 def tiny_stream(seed=0) -> TokenStream:
@@ -64,6 +66,40 @@ def test_gradient_accumulation_matches_a_bigger_batch():
     train(b, small, None, TrainConfig(max_steps=1, warmup_steps=0, grad_accum=2, device="cpu", quiet=True))
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def masked(y: torch.Tensor, seed: int) -> torch.Tensor:
+    """Mask a random-length prefix of every row, as fine-tuning masks prompts (some rows entirely)."""
+    lengths = torch.randint(0, y.size(1) + 1, (y.size(0),), generator=torch.Generator().manual_seed(seed))
+    return y.masked_fill(torch.arange(y.size(1)) < lengths[:, None], -100)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(1, 7), min_size=1, max_size=3, unique=True))
+def test_masked_micro_batches_give_the_gradient_of_one_big_batch(seed, cuts):
+    """Catches averaging each micro-batch's own mean: micro-batches holding different numbers of real targets
+    would weigh their tokens differently, and the accumulated step would not be the big batch's."""
+    x, y = tiny_stream(seed).batch(seed)
+    y = masked(y, seed)
+    bounds = [0, *sorted(cuts), len(x)]
+    parts = [(x[a:b], y[a:b]) for a, b in zip(bounds, bounds[1:])]
+    big, small = nano_model(), nano_model()
+    accumulate_gradients(big, [(x, y)], torch.device("cpu"))
+    loss = accumulate_gradients(small, parts, torch.device("cpu"))
+    reference = torch.nn.functional.cross_entropy(nano_model()(x)[0].flatten(0, 1), y.flatten(), ignore_index=-100)
+    assert loss == pytest.approx(reference.item(), rel=1e-5)
+    for (name, a), b in zip(big.named_parameters(), small.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_a_batch_without_targets_adds_nothing():
+    """Catches the NaN a mean over zero targets gives (it would poison the step or the validation loss)."""
+    x, y = tiny_stream().batch(0)
+    model = nano_model()
+    loss = accumulate_gradients(model, [(x, torch.full_like(y, -100)), (x, y)], torch.device("cpu"))
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert evaluate_loss(model, [(x, torch.full_like(y, -100)), (x, y)]) == pytest.approx(evaluate_loss(model, [(x, y)]))
+    assert loss == pytest.approx(evaluate_loss(model, [(x, y)]), rel=1e-5)
 
 
 def test_frozen_parameters_are_untouched_and_not_in_the_optimizer():

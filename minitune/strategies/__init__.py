@@ -13,6 +13,7 @@ all of them), so counting, saving and loading are written once, here, for every 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from minitune.errors import CheckpointError, ConfigError
 from minitune.strategies import adapter, full, lora, prompt
 from minitune.strategies.adapter import AdapterConfig
 from minitune.strategies.full import FullConfig
-from minitune.strategies.lora import LoRAConfig, merge, unmerge
+from minitune.strategies.lora import LoRAConfig
 from minitune.strategies.prompt import PromptTuningConfig
 
 STRATEGIES = {
@@ -41,7 +42,9 @@ def apply_strategy(model: nn.Module, config) -> nn.Module:
     """Freeze what the strategy freezes, add what it adds; returns the model to train.
 
     A model takes one strategy: applying a second on top (LoRA over adapters, say) is refused, since
-    saving, merging and counting would no longer say which part belongs to which.
+    saving, merging and counting would no longer say which part belongs to which. The base is marked
+    too: prompt tuning returns a new model that shares the base's modules, so adding a strategy to that
+    base afterwards would change the prompt-tuned model behind its back.
     """
     if getattr(model, "strategy", None) is not None:
         raise ConfigError(
@@ -50,9 +53,10 @@ def apply_strategy(model: nn.Module, config) -> nn.Module:
         )
     for cls, fn in STRATEGIES.values():
         if isinstance(config, cls):
-            model = fn(model, config)
-            model.strategy = config
-            return model
+            adapted = fn(model, config)
+            model.strategy = adapted.strategy = config
+            adapted.base_fingerprint = base_fingerprint(adapted)
+            return adapted
     raise ConfigError(f"unknown strategy config {type(config).__name__}; use one of "
                       f"{[cls.__name__ for cls, _ in STRATEGIES.values()]}")
 
@@ -65,6 +69,40 @@ def config_from_dict(name: str, fields: dict):
     if "targets" in fields:
         fields = {**fields, "targets": tuple(fields["targets"])}
     return cls(**fields)
+
+
+def mergeable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers that can fold their update into the frozen weight (those with merge/unmerge), by name."""
+    return {n: m for n, m in model.named_modules()
+            if m is not model and callable(getattr(m, "merge", None)) and callable(getattr(m, "unmerge", None))}
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every layer's update into its weight: inference then costs exactly what the base costs.
+
+    Merging is for inference; a merged model refuses to train until `unmerge`. Merging twice is a no-op.
+    """
+    for layer in mergeable_layers(model).values():
+        layer.merge()
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Take every update back out of its weight (the base's values, up to float rounding)."""
+    for layer in mergeable_layers(model).values():
+        layer.unmerge()
+    return model
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """sha256 over the frozen tensors (names, dtypes, shapes, bytes): which base a trained part belongs to."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if not p.requires_grad:
+            t = p.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
@@ -101,16 +139,20 @@ def save_trainable(model: nn.Module, path: str | Path) -> Path:
     atomic_write_json(path / CONFIG, {
         "strategy": config.name, "config": asdict(config), "base": model.config.to_dict(),
         "tensors": {n: list(t.shape) for n, t in state.items()}, "sha256": sha256_file(path / WEIGHTS),
+        "base_sha256": model.base_fingerprint,
     })
     return path
 
 
-def load_trainable(model: nn.Module, path: str | Path) -> nn.Module:
+def load_trainable(model: nn.Module, path: str | Path, check_base: bool = True) -> nn.Module:
     """Restore a saved strategy onto `model` and return it.
 
     `model` is either a fresh base (the strategy is applied first) or a model that already carries the
-    same strategy config (its trainable tensors are swapped: one frozen base, several task adapters).
-    Everything is checked before the model is touched, so a failed load leaves it as it was.
+    same strategy config (its trainable tensors are swapped: one frozen base, several task adapters; a
+    merged model is unmerged for the swap and merged again with the new tensors). The file records a
+    fingerprint of the base it was trained on; a base with other weights is refused unless
+    `check_base=False`. Everything is checked before the model is touched, so a failed load leaves it
+    as it was.
     """
     path = Path(path)
     meta = read_json(path / CONFIG)
@@ -130,12 +172,23 @@ def load_trainable(model: nn.Module, path: str | Path) -> nn.Module:
     # Check names and shapes against a copy with the strategy applied, so `model` is untouched on failure.
     probe = model if current is not None else apply_strategy(copy.deepcopy(model), config)
     _check_fits(trainable_state(probe), tensors, path / WEIGHTS)
+    saved_base = meta.get("base_sha256")
+    if check_base and saved_base is not None and saved_base != probe.base_fingerprint:
+        raise CheckpointError(
+            f"{path} was trained on a base with other weights (same shape, different values: base fingerprint "
+            f"{saved_base[:12]}..., this model's {probe.base_fingerprint[:12]}...); load onto the base it was "
+            "trained on, or pass check_base=False to load it anyway")
     if current is None:
         model = apply_strategy(model, config)
+    merged = [layer for layer in mergeable_layers(model).values() if layer.merged]
+    for layer in merged:  # a merged weight holds the old update: take it out before the tensors change
+        layer.unmerge()
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t)
+    for layer in merged:
+        layer.merge()
     return model
 
 
@@ -152,7 +205,7 @@ def _check_fits(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tens
 
 
 __all__ = [
-    "AdapterConfig", "FullConfig", "LoRAConfig", "PromptTuningConfig", "STRATEGIES", "apply_strategy", "base_unchanged",
-    "config_from_dict", "load_trainable", "merge", "save_trainable", "trainable_parameters",
-    "trainable_report", "trainable_state", "unmerge",
+    "AdapterConfig", "FullConfig", "LoRAConfig", "PromptTuningConfig", "STRATEGIES", "apply_strategy",
+    "base_fingerprint", "base_unchanged", "config_from_dict", "load_trainable", "merge", "mergeable_layers",
+    "save_trainable", "trainable_parameters", "trainable_report", "trainable_state", "unmerge",
 ]

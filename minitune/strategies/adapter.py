@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitune.errors import ConfigError
+from minitune.errors import ConfigError, is_count
 
 PLACEMENTS = {"houlsby": ("attn.c_proj", "mlp.c_proj"), "pfeiffer": ("mlp.c_proj",)}
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -46,12 +46,14 @@ class AdapterConfig:
     default_lr: ClassVar[float] = 3e-3
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bottleneck, int) or self.bottleneck <= 0:
+        if not is_count(self.bottleneck):
             raise ConfigError(f"AdapterConfig.bottleneck must be a positive integer, got {self.bottleneck!r}")
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"AdapterConfig.placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"AdapterConfig.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not isinstance(self.train_layernorm, bool):
+            raise ConfigError(f"AdapterConfig.train_layernorm must be True or False, got {self.train_layernorm!r}")
 
 
 class Bottleneck(nn.Module):
@@ -77,7 +79,8 @@ class AdaptedLinear(nn.Module):
     def __init__(self, base: nn.Linear, bottleneck: int, activation: str):
         super().__init__()
         self.weight, self.bias = base.weight, base.bias  # kept under their own names
-        self.adapter = Bottleneck(base.out_features, bottleneck, activation).to(base.weight.device)
+        # built on the base's device and in its dtype, so a float64 or bf16 base runs without casts
+        self.adapter = Bottleneck(base.out_features, bottleneck, activation).to(base.weight.device, base.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter(F.linear(x, self.weight, self.bias))
@@ -91,7 +94,8 @@ def apply(model: nn.Module, config: AdapterConfig) -> nn.Module:
         for path in PLACEMENTS[config.placement]:
             sublayer, _, proj = path.partition(".")
             parent = getattr(block, sublayer)
-            setattr(parent, proj, AdaptedLinear(getattr(parent, proj), config.bottleneck, config.activation))
+            layer = getattr(parent, proj)
+            setattr(parent, proj, AdaptedLinear(layer, config.bottleneck, config.activation).train(layer.training))
     if config.train_layernorm:
         for m in model.modules():
             if isinstance(m, nn.LayerNorm):

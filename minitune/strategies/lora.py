@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitune.errors import ConfigError
+from minitune.errors import ConfigError, TrainingError, is_count, is_number
 
 
 @dataclass
@@ -45,14 +45,16 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        if not isinstance(self.r, int) or self.r <= 0:
+        if not is_count(self.r):
             raise ConfigError(f"LoRAConfig.r must be a positive integer, got {self.r!r}")
-        if not self.alpha > 0:
+        if not is_number(self.alpha) or not self.alpha > 0:
             raise ConfigError(f"LoRAConfig.alpha must be > 0, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
+        if not is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not self.targets:
             raise ConfigError("LoRAConfig.targets must name at least one layer, e.g. ('c_attn',)")
+        if not isinstance(self.rslora, bool):
+            raise ConfigError(f"LoRAConfig.rslora must be True or False, got {self.rslora!r}")
         if self.init not in ("kaiming", "gaussian"):
             raise ConfigError(f"LoRAConfig.init must be 'kaiming' or 'gaussian', got {self.init!r}")
 
@@ -90,6 +92,10 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
+            if self.training and torch.is_grad_enabled():
+                # W already holds s B A: no gradient could reach lora_A / lora_B through it.
+                raise TrainingError("a merged LoRA layer cannot train (its update is folded into the frozen "
+                                    "weight); call minitune.strategies.unmerge(model) before training")
             return y
         # (..., in) -> (..., r) -> (..., out): two thin matmuls beside the frozen one. The scale goes on
         # the small B (out x r), not on the (..., out) activations: one less pass over a big tensor.
@@ -143,7 +149,7 @@ def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
         p.requires_grad = False
     for name, layer in chosen.items():
         parent_name, _, child = name.rpartition(".")
-        lora = LoRALinear(layer, config.r, config.scaling, config.dropout, config.init)
+        lora = LoRALinear(layer, config.r, config.scaling, config.dropout, config.init).train(layer.training)
         setattr(model.get_submodule(parent_name), child, lora)
     return model
 
@@ -151,20 +157,6 @@ def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """Every LoRALinear in the model, by name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
-
-
-def merge(model: nn.Module) -> nn.Module:
-    """Fold s B A into W in every LoRA layer: inference then costs exactly what the base costs."""
-    for layer in lora_layers(model).values():
-        layer.merge()
-    return model
-
-
-def unmerge(model: nn.Module) -> nn.Module:
-    """Take s B A back out of W (W returns to the base's values, up to float rounding)."""
-    for layer in lora_layers(model).values():
-        layer.unmerge()
-    return model
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

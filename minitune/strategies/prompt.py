@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from minitune.errors import ConfigError
+from minitune.errors import ConfigError, is_count
 from minitune.model import GPT, IGNORE_INDEX
 
 
@@ -40,7 +40,7 @@ class PromptTuningConfig:
     default_lr: ClassVar[float] = 0.1  # a few thousand input vectors want large steps (Lester et al. used 0.3)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_tokens, int) or self.n_tokens <= 0:
+        if not is_count(self.n_tokens):
             raise ConfigError(f"PromptTuningConfig.n_tokens must be a positive integer, got {self.n_tokens!r}")
         if self.init not in ("random", "vocab", "text"):
             raise ConfigError(f"PromptTuningConfig.init must be 'random', 'vocab' or 'text', got {self.init!r}")
@@ -77,8 +77,13 @@ class PromptTunedGPT(GPT):
         logits, loss = self.forward_embeddings(x, targets)
         return logits[:, n:], loss  # logits of the input positions only
 
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        return super().generate(idx, max_new_tokens, prefix_embeddings=self.soft_prompt.weight, **kwargs)
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, prefix_embeddings: torch.Tensor | None = None,
+                 **kwargs) -> torch.Tensor:
+        """GPT.generate with the soft prompt first, then any prefix_embeddings of the caller's."""
+        prompt = self.soft_prompt.weight  # (n, C)
+        if prefix_embeddings is not None:  # (P, C) or (B, P, C)
+            prompt = torch.cat([prompt.expand(*prefix_embeddings.shape[:-2], -1, -1), prefix_embeddings], dim=-2)
+        return super().generate(idx, max_new_tokens, prefix_embeddings=prompt, **kwargs)
 
 
 def initial_prompt(model: GPT, config: PromptTuningConfig) -> torch.Tensor:
