@@ -1,4 +1,4 @@
-"""The `minitune` command line: pretrain, finetune, evaluate, generate, bench, build-tokenizer.
+"""The `minitune` command line: pretrain, finetune, evaluate, generate, sweep, bench, build-tokenizer.
 
 Each subcommand calls the same functions the lessons call, so what a lesson shows can be repeated on
 your own data.
@@ -85,6 +85,23 @@ def _generate(args: argparse.Namespace) -> None:
                         args.top_k, generator=g))
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from minitune.lesson import default_base
+    from minitune.sweep import SweepSettings, changes, run_sweep
+
+    names = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
+    given = {"strategies": names(args.strategies) if args.strategies else None,
+             "families": names(args.families) if args.families else None,
+             "seeds": tuple(int(s) for s in names(args.seeds)) if args.seeds else None,
+             "steps": args.steps, "span": args.span}
+    settings = SweepSettings.for_mode(args.quick, **{k: v for k, v in given.items() if v is not None})
+    base = default_base(args.quick, args.base, quiet=args.quick)
+    record = run_sweep(base, settings, args.out, args.device)  # records the command, every setting spelled out
+    changed = changes(record)
+    print(f"sweep took {record['seconds'] / 60:.1f} min; defaults it would change: "
+          + ("; ".join(changed) if changed else "none"))
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="minitune", description="Fine-tuning, built by hand.")
@@ -147,6 +164,18 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", default="<|endoftext|>", help="cut the text where this string appears")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(handler=_generate)
+
+    sw = sub.add_parser("sweep", help="choose each strategy's learning rate on the validation split")
+    sw.add_argument("--quick", action="store_true", help="nano base, a few steps, 2 seeds: seconds (for tests)")
+    sw.add_argument("--base", default=None, help="base run folder (default: the built-in tiny base; nano with --quick)")
+    sw.add_argument("--out", default=None, help="where sweep.json and sweep.md go (default: runs/sweep[-quick])")
+    sw.add_argument("--strategies", default=None, help="comma-separated (default: full,lora,adapter,prompt)")
+    sw.add_argument("--families", default=None, help="comma-separated (default: classification,generation)")
+    sw.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2)")
+    sw.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 160)")
+    sw.add_argument("--span", type=int, default=None, help="ladder rungs each side of the default (default: 1)")
+    sw.add_argument("--device", default="auto")
+    sw.set_defaults(handler=_sweep)
 
     from minitune.bench import add_parser as add_bench_parser
 

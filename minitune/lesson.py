@@ -6,8 +6,17 @@
     lesson.plot("rank.png", draw)                 # draw(ax) fills one matplotlib axis
     lesson.finish()                               # runs/lessons/03/results.json with every number
 
+Every cell a sentence compares is measured over several seeds and compared by the package's one noise
+rule (minitune.stats):
+
+    runs = lesson.over_seeds(lambda seed: train_and_score(seed))   # one dict of numbers per seed
+    runs["accuracy"]                              # a Cell: mean, sd, min, max, n; prints '0.812 ± 0.021'
+    c = lesson.compare(lora["accuracy"], full["accuracy"], ("LoRA", "full"))
+    lesson.conclude(f"On sentiment, {c.text()}.")  # '... beyond noise (Welch t, p = 0.013; 3 seeds each)'
+    lesson.plot("acc.png", lambda ax: plot_seeds(ax, ranks, cells))   # every seed's point and mean ± sd
+
 With --quick the lesson runs on the nano base and small sizes (seconds: the tests use it); without it,
-on the tiny base (pretrained once, then cached under runs/).
+on the tiny base (the one shipped with the package, or pretrained once and cached under runs/).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +36,18 @@ import torch
 from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.data import pretraining_corpus, split
 from minitune.data.batches import TokenStream, encode_documents
-from minitune.pretrain import load_run, pretrain, runs_dir
+from minitune.pretrain import builtin_base, load_run, runs_dir
+from minitune.stats import Cell, Comparison, differs, summarize
 from minitune.train import evaluate_loss, make_optimizer, TrainConfig, resolve_device
+
+SEEDS = (0, 1, 2)     # every compared cell of a full run: at least three seeds
+QUICK_SEEDS = (0, 1)  # --quick: the fewest that still have a spread, so the tests run the same code
+
+
+def default_base(quick: bool, base: str | Path | None = None, quiet: bool = False) -> Path:
+    """The base a lesson (or the sweep) starts from: `base` if given, else the built-in nano (quick) or tiny
+    base (pretrain.builtin_base: the shipped one if it fits, else the cache, pretrained when missing)."""
+    return Path(base) if base is not None else builtin_base("nano" if quick else "tiny", quiet=quiet)
 
 
 @dataclass
@@ -40,7 +60,8 @@ class Lesson:
     device: str
     base: Path
     out: Path
-    results: dict = field(default_factory=lambda: {"tables": {}, "conclusions": [], "numbers": {}})
+    results: dict = field(default_factory=lambda: {"tables": {}, "conclusions": [], "numbers": {},
+                                                   "comparisons": []})
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -49,14 +70,10 @@ class Lesson:
         p = argparse.ArgumentParser(description=(doc or title).strip().splitlines()[0])
         p.add_argument("--quick", action="store_true", help="nano sizes, seconds (what the tests run)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-        p.add_argument("--base", default=None, help="a base run folder (default: the cached tiny base)")
+        p.add_argument("--base", default=None, help="a base run folder (default: the built-in tiny base)")
         p.add_argument("--out", default=None, help="where results go (default: runs/lessons/NN)")
         args = p.parse_args(argv)
-        preset = "nano" if args.quick else "tiny"
-        base = Path(args.base) if args.base else runs_dir() / f"base-{preset}"
-        if args.base is None and not (base / "config.json").is_file():
-            print(f"(no {preset} base yet: pretraining it once, it is cached for next time)", flush=True)
-            pretrain(preset, out=base, quiet=args.quick)
+        base = default_base(args.quick, args.base, quiet=args.quick)
         out = Path(args.out) if args.out else runs_dir() / "lessons" / f"{number:02d}"
         out.mkdir(parents=True, exist_ok=True)
         lesson = cls(number, title, args.quick, str(resolve_device(args.device)), base, out)
@@ -74,6 +91,21 @@ class Lesson:
         """Pick the quick-mode or the full-mode value of a setting."""
         return quick if self.quick else full
 
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds each compared cell is run with: SEEDS, or QUICK_SEEDS with --quick."""
+        return self.size(QUICK_SEEDS, SEEDS)
+
+    def over_seeds(self, fn: Callable[[int], dict], seeds: Sequence[int] | None = None) -> "SeedRuns":
+        """Run fn(seed) for each of the lesson's seeds (or `seeds`): every run's numbers and their Cells."""
+        return over_seeds(fn, self.seeds if seeds is None else seeds)
+
+    def compare(self, a, b, names: tuple[str, str] = ("A", "B")) -> Comparison:
+        """The noise rule (stats.differs: Welch's t on per-seed values) on a against b, kept for results.json."""
+        result = differs(a, b, names)
+        self.results["comparisons"].append(result.to_dict())
+        return result
+
     def run_dir(self, name: str) -> Path:
         """A folder for one fine-tuning run of this lesson."""
         return self.out / "runs" / name
@@ -82,16 +114,23 @@ class Lesson:
         print(f"\n--- {heading} " + "-" * max(0, 70 - len(heading)), flush=True)
 
     def table(self, title: str, rows: list[dict], note: str | None = None) -> None:
-        """Print rows (dicts with the same keys) as an aligned table, and keep them for results.json."""
-        self.results["tables"][title] = rows
+        """Print rows (dicts with the same keys) as an aligned table, and keep them for results.json.
+
+        A value may be a Cell (several seeds): it prints as mean ± sd and is kept with every seed's value.
+        """
+        self.results["tables"][title] = plain(rows)
         print(f"\n{title}")
         print(format_table(rows))
+        counts = sorted({v.n for r in rows for v in r.values() if isinstance(v, Cell)})
+        if counts:
+            seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+            print(f"(cells with ±: mean ± sample sd over {seeds} seeds)")
         if note:
             print(note)
 
     def record(self, name: str, value) -> None:
-        """Keep one named number (or small structure) for results.json."""
-        self.results["numbers"][name] = value
+        """Keep one named number (or small structure, Cells and Comparisons included) for results.json."""
+        self.results["numbers"][name] = plain(value)
 
     def conclude(self, sentence: str) -> None:
         """Print a conclusion (built from measured numbers by the caller) and keep it."""
@@ -131,7 +170,7 @@ def format_table(rows: list[dict]) -> str:
     cols = list(rows[0])
     cells = [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) for c in cols]
+    numeric = [all(isinstance(r.get(c), (int, float, Cell)) for r in rows) for c in cols]
 
     def line(values):
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
@@ -152,8 +191,96 @@ def _cell(v) -> str:
 
 
 def seed_spread(runs: list[dict], keys: tuple[str, ...] = ("accuracy", "label loss")) -> dict:
-    """Largest minus smallest of each measure over runs that differ only in their seed: the noise floor."""
+    """Largest minus smallest of each measure over runs that differ only in their seed (a description of
+    the noise; whether two settings differ is decided by minitune.stats.differs)."""
     return {k: max(r[k] for r in runs) - min(r[k] for r in runs) for k in keys}
+
+
+@dataclass
+class SeedRuns:
+    """One setting run once per seed: each run's dict of numbers, and a Cell per measure."""
+
+    seeds: tuple[int, ...]
+    runs: list[dict]
+
+    def __getitem__(self, key: str) -> Cell:
+        """The Cell of one measure over the seeds."""
+        return summarize([r[key] for r in self.runs])
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def cells(self, keys: Sequence[str] | None = None) -> dict[str, Cell]:
+        """A Cell for each of `keys` (default: every measure that is a number in every run)."""
+        if keys is None:
+            keys = [k for k, v in self.runs[0].items()
+                    if _is_real(v) and all(_is_real(r.get(k)) for r in self.runs)]
+        return {k: self[k] for k in keys}
+
+
+def over_seeds(fn: Callable[[int], dict], seeds: Sequence[int] = SEEDS) -> SeedRuns:
+    """Call fn(seed) once per seed (fn returns a dict of numbers) and keep every run."""
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("over_seeds needs at least one seed")
+    return SeedRuns(seeds, [fn(s) for s in seeds])
+
+
+def plain(obj):
+    """obj with every Cell and Comparison turned into plain numbers, ready for JSON."""
+    if isinstance(obj, (Cell, Comparison)):
+        return obj.to_dict()
+    if isinstance(obj, SeedRuns):
+        return {"seeds": list(obj.seeds), "runs": plain(obj.runs)}
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def plot_seeds(ax, xs: Sequence, cells: Sequence[Cell | Sequence[float]], label: str | None = None,
+               color=None, line: bool = True, marker: str = "o"):
+    """Every seed's value as a faint dot, the mean with a ± sd error bar (joined by a line if `line`).
+
+    xs may be numbers (a rank, a learning rate) or names (then placed at 0, 1, 2, ... and written under
+    the axis). Returns the mean line's colour, so a caller can match other marks to it.
+    """
+    cells = [summarize(c) for c in cells]
+    named = any(isinstance(x, str) for x in xs)
+    pos = list(range(len(xs))) if named else list(xs)
+    sd = [0.0 if c.n < 2 else c.sd for c in cells]
+    bars = ax.errorbar(pos, [c.mean for c in cells], yerr=sd, label=label, color=color, marker=marker,
+                       linestyle="-" if line else "none", capsize=3, zorder=3)
+    color = bars.lines[0].get_color()
+    for x, c in zip(pos, cells):
+        ax.scatter([x] * c.n, c.values, s=12, color=color, alpha=0.4, zorder=2, linewidths=0)
+    if named:
+        ax.set_xticks(pos, [str(x) for x in xs])
+    return color
+
+
+def bar_seeds(ax, names: Sequence[str], cells: Sequence[Cell | Sequence[float]], label: str | None = None,
+              offset: float = 0.0, width: float = 0.8, color=None):
+    """Bars of the means with ± sd error bars and every seed's value as a dot on its bar.
+
+    For grouped bars call it once per group with a shared width and offsets (e.g. -0.2 and +0.2 with
+    width 0.4). Returns the bars' colour.
+    """
+    cells = [summarize(c) for c in cells]
+    pos = [i + offset for i in range(len(names))]
+    sd = [0.0 if c.n < 2 else c.sd for c in cells]
+    bars = ax.bar(pos, [c.mean for c in cells], width=width, yerr=sd, capsize=3, label=label, color=color,
+                  alpha=0.75, zorder=2)
+    color = bars.patches[0].get_facecolor() if bars.patches else color
+    for x, c in zip(pos, cells):
+        ax.scatter([x] * c.n, c.values, s=12, color="black", alpha=0.6, zorder=3, linewidths=0)
+    ax.set_xticks(range(len(names)), list(names))
+    return color
 
 
 def held_out_text(target_bytes: int) -> list[str]:

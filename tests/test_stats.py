@@ -1,6 +1,7 @@
 """The noise rule (minitune.stats): the t distribution against closed forms, tables and scipy; Welch's test
 against a simulation of its own false-positive rate; the edge cases the rule decides; best_of."""
 
+import json
 import math
 import random
 import statistics
@@ -183,3 +184,57 @@ def test_best_of_names_the_best_mean_and_what_noise_cannot_separate_from_it():
 def test_alpha_is_the_stated_threshold():
     # the verdict flips exactly at ALPHA: a t just past the 5% critical value (df 10) differs, one just short does not
     assert t_two_sided_p(2.229, 10) < ALPHA < t_two_sided_p(2.227, 10)
+
+
+# --- what lessons use: seeds, cells in tables, spread in plots -------------------------------------------------
+
+def _lesson(tmp_path):
+    from minitune.lesson import Lesson
+
+    return Lesson(9, "test", quick=True, device="cpu", base=tmp_path, out=tmp_path)
+
+
+def test_over_seeds_runs_each_seed_once_and_summarises_each_measure(tmp_path):
+    from minitune.lesson import QUICK_SEEDS, SEEDS
+
+    lesson = _lesson(tmp_path)
+    calls = []
+    runs = lesson.over_seeds(lambda seed: calls.append(seed) or {"accuracy": 0.5 + seed / 10, "name": "x"},
+                             seeds=(0, 1, 2))
+    assert calls == [0, 1, 2] and len(runs) == 3
+    assert runs["accuracy"].values == (0.5, 0.6, 0.7) and set(runs.cells()) == {"accuracy"}
+    assert lesson.seeds == QUICK_SEEDS and len(SEEDS) >= 3  # quick mode: a spread still; full: three seeds
+
+
+def test_a_table_of_cells_keeps_every_seed_and_the_comparisons_for_results_json(tmp_path):
+    lesson = _lesson(tmp_path)
+    a, b = Cell((0.9, 0.91, 0.92)), Cell((0.5, 0.52, 0.51))
+    lesson.table("t", [{"strategy": "lora", "accuracy": a}, {"strategy": "full", "accuracy": b}])
+    c = lesson.compare(a, b, ("lora", "full"))
+    lesson.record("cells", {"lora": a})
+    kept = json.loads(json.dumps(lesson.results))  # everything is plain JSON
+    assert kept["tables"]["t"][0]["accuracy"]["values"] == [0.9, 0.91, 0.92]
+    assert kept["tables"]["t"][1]["accuracy"]["sd"] == pytest.approx(b.sd)
+    assert kept["comparisons"][0]["winner"] == "lora" == c.winner
+    assert kept["numbers"]["cells"]["lora"]["mean"] == pytest.approx(0.91)
+
+
+def test_plots_show_every_seed_not_only_the_mean():
+    # Catches: a plot of one bar or point per cell, which hides the spread the sentences rely on.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection
+
+    from minitune.lesson import bar_seeds, plot_seeds
+
+    cells = [Cell((0.1, 0.2, 0.3)), Cell((0.5, 0.7))]
+    for draw in (lambda ax: plot_seeds(ax, [1, 4], cells), lambda ax: plot_seeds(ax, ["a", "b"], cells),
+                 lambda ax: bar_seeds(ax, ["a", "b"], cells)):
+        fig, ax = plt.subplots()
+        draw(ax)
+        dots = sorted(float(y) for coll in ax.collections if isinstance(coll, PathCollection)  # scatter marks
+                      for _, y in coll.get_offsets())
+        plt.close(fig)
+        assert dots == pytest.approx(sorted(v for c in cells for v in c.values))
