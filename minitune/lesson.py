@@ -36,7 +36,7 @@ import torch
 from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.data import pretraining_corpus, split
 from minitune.data.batches import TokenStream, encode_documents
-from minitune.pretrain import builtin_base, load_run, runs_dir
+from minitune.pretrain import load_run, runs_dir
 from minitune.stats import Cell, Comparison, differs, summarize
 from minitune.train import evaluate_loss, make_optimizer, TrainConfig, resolve_device
 
@@ -47,7 +47,11 @@ QUICK_SEEDS = (0, 1)  # --quick: the fewest that still have a spread, so the tes
 def default_base(quick: bool, base: str | Path | None = None, quiet: bool = False) -> Path:
     """The base a lesson (or the sweep) starts from: `base` if given, else the built-in nano (quick) or tiny
     base (pretrain.builtin_base: the shipped one if it fits, else the cache, pretrained when missing)."""
-    return Path(base) if base is not None else builtin_base("nano" if quick else "tiny", quiet=quiet)
+    if base is not None:
+        return Path(base)
+    from minitune.pretrain import builtin_base
+
+    return builtin_base("nano" if quick else "tiny", quiet=quiet)
 
 
 @dataclass
