@@ -17,7 +17,7 @@ from minitune.checkpoint import atomic_write_json, read_json
 from minitune.data.batches import SupervisedBatches, TokenStream, encode_documents
 from minitune.data.jsonl import load_jsonl_task
 from minitune.data.tasks import Example, Task, load_task
-from minitune.pretrain import default_base, load_run, runs_dir
+from minitune.pretrain import builtin_base, load_run, runs_dir
 from minitune.strategies import apply_strategy, load_trainable, save_trainable, trainable_parameters
 from minitune.train import TrainConfig, seed_everything, train
 
@@ -47,7 +47,7 @@ def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | No
 
     Returns (model, tokenizer, run folder); the model holds the best checkpoint's weights.
     """
-    base = Path(base) if base is not None else default_base()  # the shipped tiny base, or runs/base-tiny
+    base = Path(base) if base is not None else builtin_base()  # the shipped tiny base, or runs/base-tiny
     out = Path(out) if out is not None else runs_dir() / f"{task.name}-{strategy.name}"
     model, enc, base_meta = load_run(base)
     seed_everything(seed)

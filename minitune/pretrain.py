@@ -14,7 +14,9 @@ records, beside its weights (config.json):
 The model code is checked by what it computes, not by its text: the weights must give today the probe
 loss they gave when they were trained. A hash of model.py would call a comment edit a new model; a
 hash of output bytes would fail across CPUs and torch builds, whose floats differ in the last bits.
-The probe is compared within `PROBE_TOLERANCE`. A cached base that no longer matches is rebuilt with a
+The probe is compared within `PROBE_TOLERANCE`, so "the same model" means the same function up to
+float noise: a change below it (tanh-approximate to exact GELU moves the nano probe by 4e-6 nats) keeps
+the base; one that matters (a LayerNorm epsilon of 1e-3 moves it by 6e-4) does not. A cached base that no longer matches is rebuilt with a
 message saying why (or refused, if it was trained on your own corpus), never silently reused.
 """
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import tiktoken
 import torch
 
 from minitune import distributed
@@ -72,7 +75,7 @@ def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: i
 class _Setup:
     """Everything a pretraining run starts from: data, seeded initial model, settings."""
 
-    enc: object
+    enc: tiktoken.Encoding
     docs: list[str]
     train_tokens: np.ndarray
     val_tokens: np.ndarray
@@ -146,7 +149,7 @@ def pretrain(
     seconds = time.perf_counter() - t0
     if not main:
         return out
-    model = model.cpu()
+    model = model.cpu()  # the probe is measured on the CPU, as every later check measures it
     save_model(model, out, tokenizer=tokenizer, preset=preset, seed=seed, corpus=str(corpus or BUILT_IN_CORPUS),
                command=_command(preset, seed, max_steps, corpus, tokenizer),
                trained_on=trained_on(run.docs, run.enc), probe_loss=probe_loss(model, run.val_tokens),
@@ -284,11 +287,16 @@ def _built_in_inputs(preset: str, seed: int) -> tuple[dict, np.ndarray]:
     return trained_on(docs, enc), encode_documents(enc, split(docs, val_fraction=0.05, seed=seed)[1])
 
 
+def _built_in(meta: dict) -> bool:
+    """Was the base with this record pretrained on the built-in corpus with the built-in tokenizer?"""
+    return meta.get("corpus") == BUILT_IN_CORPUS and meta.get("tokenizer", "minitune") == "minitune"
+
+
 def base_mismatch(path: str | Path) -> str | None:
     """Why the base in `path`, pretrained on the built-in corpus, no longer fits today's corpus, tokenizer
     or model code; None when it fits."""
     model, meta = load_model(path)
-    if meta.get("corpus") != BUILT_IN_CORPUS or meta.get("tokenizer", "minitune") != "minitune":
+    if not _built_in(meta):
         return f"it was pretrained on {meta.get('corpus')!r} with tokenizer {meta.get('tokenizer')!r}, not the built-in ones"
     if "trained_on" not in meta or "probe_loss" not in meta:
         return "it does not record what it was trained on (it predates that record)"
@@ -303,7 +311,7 @@ def base_mismatch(path: str | Path) -> str | None:
     return None
 
 
-def default_base(preset: str = "tiny", quiet: bool = False) -> Path:
+def builtin_base(preset: str = "tiny", quiet: bool = False) -> Path:
     """The folder of the base used when none is named: the shipped one if it fits today's code, else the
     cache runs/base-PRESET, pretrained (or pretrained again, saying why) when missing or out of date."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -318,7 +326,7 @@ def default_base(preset: str = "tiny", quiet: bool = False) -> Path:
         reason = base_mismatch(cache)
         if reason is None:
             return cache
-        if read_json(cache / "config.json").get("corpus") != BUILT_IN_CORPUS:
+        if not _built_in(read_json(cache / "config.json")):   # your own base is never overwritten
             raise CheckpointError(f"{cache} is not a base of the built-in tiny world ({reason}); pass it by path "
                                   f"to use it, or move it away so that the default base can be pretrained there")
         say(f"({cache} is out of date: {reason}; pretraining it again)")
@@ -329,5 +337,5 @@ def default_base(preset: str = "tiny", quiet: bool = False) -> Path:
 
 def load_base(path: str | Path | None = None, device: str | torch.device = "cpu") -> GPT:
     """The model saved in a run folder (or a GPT-2 checkpoint folder); with no path, the default tiny
-    base (`default_base`)."""
-    return load_run(path if path is not None else default_base("tiny"), device)[0]
+    base (`builtin_base`)."""
+    return load_run(path if path is not None else builtin_base("tiny"), device)[0]

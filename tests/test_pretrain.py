@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,10 @@ from minitune.checkpoint import atomic_write_bytes, load_model, save_model
 from minitune.cli import main
 from minitune.errors import CheckpointError, DataError
 from minitune.model import GPT, GPTConfig
-from minitune.pretrain import unigram_loss
+from minitune.data import pretraining_corpus
+from minitune.pretrain import (FIRST_STEPS, PROBE_TOLERANCE, RECIPES, base_mismatch, builtin_base,
+                               replay_first_steps, trained_on, unigram_loss)
+from minitune.tokenizer import BUILTIN_RANKS, encoding_from_ranks, get_tokenizer, read_ranks
 
 
 def test_pretrain_writes_a_loadable_run_that_beats_the_unigram_baseline(nano_run):
@@ -101,3 +105,73 @@ def test_pretraining_is_reproducible(nano_run, tmp_path):
     again = pretrain("nano", out=tmp_path / "again", device="cpu", quiet=True)
     a, b = load_model(nano_run)[0], load_model(again)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+# --- what a base records, and the checks built on it --------------------------------------------------------
+
+def test_the_record_holds_what_the_run_was_trained_on(nano_run):
+    meta = json.loads((nano_run / "config.json").read_text())
+    docs = pretraining_corpus(target_bytes=RECIPES["nano"]["corpus_bytes"], seed=0)
+    assert meta["trained_on"] == trained_on(docs, get_tokenizer("minitune"))
+    assert meta["trained_on"] != trained_on(docs[:-1], get_tokenizer("minitune"))   # one document fewer
+    ranks = read_ranks(BUILTIN_RANKS)
+    a, b = sorted(ranks, key=ranks.get)[300:302]
+    ranks[a], ranks[b] = ranks[b], ranks[a]                                      # two merges in another order
+    assert meta["trained_on"] != trained_on(docs, encoding_from_ranks("minitune", ranks))
+    assert meta["command"] == "minitune pretrain --preset nano --seed 0" and meta["torch"] == torch.__version__
+
+
+def test_a_replay_repeats_the_first_steps_the_run_recorded(nano_run):
+    recorded = json.loads((nano_run / "config.json").read_text())["first_steps"]
+    replayed = replay_first_steps("nano", seed=0)
+    assert recorded["steps"] == replayed["steps"] == FIRST_STEPS
+    assert replayed["probe_losses"] == pytest.approx(recorded["probe_losses"], abs=1e-6)
+    assert replayed["moved"] == pytest.approx(recorded["moved"], rel=1e-6)
+    # the steps did something: the weights moved further each step and the probe loss fell
+    assert 0 < recorded["moved"][0] < recorded["moved"][1] < recorded["moved"][2]
+    assert recorded["probe_losses"][-1] < recorded["probe_losses"][0] - 0.05
+
+
+def test_a_short_run_records_the_steps_it_took(tmp_path):
+    out = pretrain("nano", out=tmp_path / "short", max_steps=2, device="cpu", quiet=True, checkpoint_every=0)
+    steps = json.loads((out / "config.json").read_text())["first_steps"]
+    assert steps["steps"] == 2 and len(steps["probe_losses"]) == 3 and len(steps["moved"]) == 2
+
+
+def _edit_record(folder, **changes):
+    meta = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key)
+        else:
+            meta[key] = value(meta[key]) if callable(value) else value
+    (folder / "config.json").write_text(json.dumps(meta))
+
+
+def test_base_mismatch_names_what_changed(nano_run, tmp_path):
+    assert base_mismatch(nano_run) is None
+    cases = {
+        "corpus": dict(trained_on=lambda t: {**t, "corpus_sha256": "0" * 64}),
+        "model code": dict(probe_loss=lambda loss: loss + 10 * PROBE_TOLERANCE),
+        "predates": dict(trained_on=None),
+        "not the built-in": dict(corpus="mine.txt"),
+    }
+    for words, changes in cases.items():
+        folder = tmp_path / words.replace(" ", "-")
+        shutil.copytree(nano_run, folder)
+        _edit_record(folder, **changes)
+        assert words in base_mismatch(folder)
+
+
+def test_default_base_uses_a_fitting_cache_and_rebuilds_an_out_of_date_one(nano_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINITUNE_RUNS", str(tmp_path))
+    cache = tmp_path / "base-nano"
+    shutil.copytree(nano_run, cache)
+    _edit_record(cache, probe_loss=lambda loss: loss + 1.0)   # as if model.py had changed since
+    assert builtin_base("nano", quiet=True) == cache
+    assert base_mismatch(cache) is None                      # pretrained again, with today's code
+    stamp = (cache / "model.safetensors").stat().st_mtime_ns
+    assert builtin_base("nano", quiet=True) == cache and (cache / "model.safetensors").stat().st_mtime_ns == stamp
+    _edit_record(cache, corpus="mine.txt")                   # your own corpus is never overwritten
+    with pytest.raises(CheckpointError, match="base-nano"):
+        builtin_base("nano", quiet=True)
