@@ -8,6 +8,7 @@
                      test inputs; pass@1 = share of functions right on every input. Refused code fails.
     your JSONL tasks the same for classification; generation tasks get exact match, token F1, ROUGE-L.
 
+Every input is built on the device the model's weights are on (or the `device` a caller names).
 Generation is greedy, so a result depends only on the model, the prompts and the seed that picks the
 few-shot examples; nothing else is random.
 """
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 
 from minitune.data.tasks import Example, Task, pick_shots
 from minitune.metrics import accuracy, exact_match, key_fact_recall, macro_f1, rouge_l, token_f1
-from minitune.sandbox import CallFailed, CodeCrashed, CodeTimedOut, WrongFunctionName, run_function
 from minitune.errors import UnsafeCodeError
+from minitune.sandbox import CallFailed, CodeCrashed, CodeTimedOut, WrongFunctionName, run_function
+from minitune.train import device_of
 
 EVAL_BATCH = 64  # rows per forward pass when scoring labels
 # The one number each built-in task is judged by (evaluate_task reports more).
@@ -44,9 +46,10 @@ def _fit(ids: list[int], room: int) -> list[int]:
 
 
 @torch.no_grad()
-def label_logprobs(model, enc, prompts: list[str], labels: tuple[str, ...], device="cpu") -> torch.Tensor:
+def label_logprobs(model, enc, prompts: list[str], labels: tuple[str, ...], device=None) -> torch.Tensor:
     """(N, L): log p(" " + label | prompt), summed over the label's tokens, for every prompt and label."""
     model.eval()
+    device = device or device_of(model)
     label_ids = [enc.encode_ordinary(" " + w) for w in labels]
     room = model.max_input_tokens
     rows = []  # (ids, first label position, label ids)
@@ -70,7 +73,7 @@ def label_logprobs(model, enc, prompts: list[str], labels: tuple[str, ...], devi
 
 
 def classify_scores(model, enc, examples, labels: tuple[str, ...], prompts: list[str] | None = None,
-                    device="cpu") -> tuple[list[str], dict]:
+                    device=None) -> tuple[list[str], dict]:
     """Predicted labels, plus accuracy and label loss: -log p(gold label), p normalised over the label words.
 
     One scoring pass; `prompts` (e.g. few-shot ones) default to the examples' own.
@@ -99,9 +102,10 @@ def stop_token_ids(enc, stop: str) -> frozenset[int]:
 
 @torch.no_grad()
 def generate_text(model, enc, prompt: str, max_new_tokens: int, stop: str = "\n", temperature: float = 0.0,
-                  top_k: int | None = None, generator: torch.Generator | None = None, device="cpu") -> str:
+                  top_k: int | None = None, generator: torch.Generator | None = None, device=None) -> str:
     """The model's continuation of prompt (greedy at temperature 0), cut where `stop` first appears."""
     model.eval()
+    device = device or device_of(model)
     ids = _fit(enc.encode_ordinary(prompt), max(1, model.max_input_tokens - max_new_tokens))
     x = torch.tensor([ids], dtype=torch.long, device=device)
     out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
@@ -170,7 +174,7 @@ def score_generation(task: Task, examples, predictions: list[str]) -> dict:
 
 
 def evaluate_task(model, enc, task: Task, split: str = "test", shots: int = 0, limit: int | None = None,
-                  seed: int = 0, device="cpu") -> dict:
+                  seed: int = 0, device=None) -> dict:
     """Metrics of model on one split of task, with `shots` examples in each prompt; plus a few samples."""
     examples = task.split(split)[:limit]
     room = model.max_input_tokens

@@ -292,7 +292,7 @@ def held_out_text(target_bytes: int) -> list[str]:
     return split(pretraining_corpus(target_bytes=target_bytes, seed=1), 0.5, seed=1)[1]
 
 
-def perplexity(model, enc, docs: list[str], device="cpu", max_batches: int = 20) -> float:
+def perplexity(model, enc, docs: list[str], device=None, max_batches: int = 20) -> float:
     """exp(mean cross-entropy per token) of the model on documents (joined by <|endoftext|>)."""
     stream = TokenStream(encode_documents(enc, docs), model.max_input_tokens, batch_size=16,
                          max_eval_batches=max_batches)

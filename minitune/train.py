@@ -117,6 +117,11 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from e
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are: the device its inputs must be built on."""
+    return next(model.parameters()).device
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (dropout and initialisation draw from torch's)."""
     random.seed(seed)
@@ -187,12 +192,13 @@ def accumulate_gradients(net: nn.Module, micro_batches: list[tuple[torch.Tensor,
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                  device: torch.device | str = "cpu") -> float:
+                  device: torch.device | str | None = None) -> float:
     """Mean cross-entropy per target token (targets of -100 excluded) over the given batches.
 
-    Under torchrun each process scores every W-th batch and the sums are added across processes.
+    Batches go to `device` (default: where the model is). Under torchrun each process scores every W-th
+    batch and the sums are added across processes.
     """
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else device_of(model)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0

@@ -21,7 +21,7 @@ from minitune.strategies import (
     AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy, load_trainable, merge,
     save_trainable, trainable_parameters, trainable_report, unmerge,
 )
-from minitune.strategies import trainable_state
+from minitune.strategies import base_unchanged, trainable_state
 from minitune.strategies.lora import LoRALinear, lora_layers, merged_state_dict
 from minitune.strategies.prompt import PromptTunedGPT
 from minitune.train import TrainConfig, make_optimizer, train
@@ -432,6 +432,11 @@ def test_prompt_tuned_generate_takes_a_prefix_of_its_own_after_the_soft_prompt()
     expected = plain.generate(x, 6, prefix_embeddings=torch.cat([model.soft_prompt.weight.detach(), extra]))
     assert torch.equal(got, expected)
     assert not torch.equal(got, model.generate(x, 6))
+    rows = torch.stack([extra, -extra])  # (B, P, C): a prefix of each row's own
+    got = model.generate(ids(B=2, T=4), 6, prefix_embeddings=rows)
+    for b in range(2):
+        expected = plain.generate(ids(B=2, T=4)[b:b + 1], 6, prefix_embeddings=torch.cat([model.soft_prompt.weight.detach(), rows[b]]))
+        assert torch.equal(got[b:b + 1], expected)
 
 
 def test_prompt_inits():
@@ -544,6 +549,38 @@ def test_bad_applications():
         apply_strategy(base(), PromptTuningConfig(n_tokens=32))
     with pytest.raises(ConfigError, match="already has the 'lora' strategy"):
         apply_strategy(apply_strategy(base(), LoRAConfig()), AdapterConfig())
+
+
+def test_base_unchanged_sees_one_changed_value_and_a_missing_tensor():
+    """Catches a check that passes when a tensor differs, or when the model lacks one of the base's tensors."""
+    plain = base()
+    assert base_unchanged(apply_strategy(copy.deepcopy(plain), LoRAConfig(r=2)), plain)
+    changed = copy.deepcopy(plain)
+    with torch.no_grad():
+        changed.transformer.h[1].mlp.c_fc.weight[0, 0] += 1e-3
+    assert not base_unchanged(changed, plain)
+    assert not base_unchanged(apply_strategy(copy.deepcopy(plain), PromptTuningConfig(n_tokens=2)), base(n_layer=3))
+
+
+@pytest.mark.parametrize("change", ["drop", "add"])
+def test_a_file_missing_or_adding_a_tensor_is_refused_by_name(tmp_path, change):
+    """Catches a fit check that needs every kind of mismatch at once, or that looks up a missing tensor."""
+    from minitune.checkpoint import load_tensors, save_tensors, sha256_file
+
+    save_trainable(apply_strategy(base(), LoRAConfig(r=2)), tmp_path)
+    t = load_tensors(tmp_path / "trainable.safetensors")
+    name = sorted(t)[0]
+    if change == "drop":
+        del t[name]
+    else:
+        name = "transformer.h.0.attn.c_attn.lora_C"
+        t[name] = torch.zeros(2, 2)
+    save_tensors(tmp_path / "trainable.safetensors", t)
+    meta = json.loads((tmp_path / "strategy.json").read_text())
+    meta["sha256"] = sha256_file(tmp_path / "trainable.safetensors")
+    (tmp_path / "strategy.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=("missing" if change == "drop" else "unexpected") + fr" \['{name}'\]"):
+        load_trainable(base(), tmp_path)
 
 
 def test_load_onto_a_different_base_is_refused_and_leaves_the_model_unchanged(tmp_path):

@@ -65,16 +65,12 @@ def config_from_dict(name: str, fields: dict):
     """Rebuild a strategy config from its saved name and fields."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
-    cls = STRATEGIES[name][0]
-    if "targets" in fields:
-        fields = {**fields, "targets": tuple(fields["targets"])}
-    return cls(**fields)
+    return STRATEGIES[name][0](**fields)  # JSON's lists become tuples in the configs' __post_init__
 
 
 def mergeable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers that can fold their update into the frozen weight (those with merge/unmerge), by name."""
-    return {n: m for n, m in model.named_modules()
-            if m is not model and callable(getattr(m, "merge", None)) and callable(getattr(m, "unmerge", None))}
+    """The layers that can fold their update into the frozen weight (they have merge, unmerge, merged), by name."""
+    return {n: m for n, m in model.named_modules() if m is not model and callable(getattr(m, "merge", None))}
 
 
 def merge(model: nn.Module) -> nn.Module:
