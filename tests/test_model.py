@@ -130,3 +130,40 @@ def test_bad_config_and_inputs_raise_clear_errors():
         model(torch.tensor([[-1]]))
     with pytest.raises(ConfigError, match="prompt of"):
         model.generate(torch.zeros(1, 65, dtype=torch.long), 1)
+
+
+def test_sampling_follows_softmax_of_logits_over_temperature():
+    """Catches logits multiplied by the temperature instead of divided, or a softmax over the wrong axis."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 2.0):
+        draws = torch.stack([GPT._pick(logits, temperature, None, g) for _ in range(4000)]).flatten()
+        freq = torch.bincount(draws, minlength=4).float() / len(draws)
+        expected = torch.softmax(logits[0] / temperature, dim=0)
+        assert torch.allclose(freq, expected, atol=0.03), (temperature, freq, expected)
+
+
+def test_top_k_keeps_exactly_the_k_best_tokens():
+    """Catches the k-th best token cut too (`<=` for `<`), top-k ignored, or k read off the wrong axis."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9, -1.0], [5.0, 0.0, 4.9, 1.0, 2.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([GPT._pick(logits, 1.0, 2, g) for _ in range(500)])  # (draws, B)
+    assert set(draws[:, 0].tolist()) == {1, 3} and set(draws[:, 1].tolist()) == {0, 2}
+    assert torch.equal(GPT._pick(logits, 1.0, 1, g), logits.argmax(dim=-1))
+    assert set(torch.stack([GPT._pick(logits, 1.0, 50, g) for _ in range(500)])[:, 0].tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_a_prefix_in_another_dtype_is_cast_to_the_models():
+    """Catches the cast dropped: a float64 prefix would promote the whole pass to float64 and fail."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=8)).eval()
+    x = torch.randint(0, 32, (1, 3))
+    prefix = torch.randn(2, 8)
+    assert torch.equal(model.generate(x, 4, prefix_embeddings=prefix.double()), model.generate(x, 4, prefix_embeddings=prefix))
+
+
+def test_from_dict_names_unknown_fields():
+    """Catches unknown keys reaching the dataclass (a TypeError that names nothing useful)."""
+    with pytest.raises(ConfigError, match=r"unknown GPTConfig fields \['n_ctx'\]"):
+        GPTConfig.from_dict({**GPTConfig().to_dict(), "n_ctx": 1024})
+    assert GPTConfig.from_dict(GPTConfig(n_layer=3).to_dict()) == GPTConfig(n_layer=3)

@@ -292,6 +292,7 @@ def test_lora_wraps_exactly_the_named_targets(data):
     model = apply_strategy(plain, config)
     expected = {f"transformer.h.{i}.{t}" for i in range(plain.config.n_layer) for t in config.targets}
     assert set(lora_layers(model)) == expected
+    assert all(f"r={config.r}," in repr(layer) for layer in lora_layers(model).values())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         f"{layer}.lora_{ab}" for layer in expected for ab in "AB"}
 
