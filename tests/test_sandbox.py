@@ -3,6 +3,7 @@ code that gets past the check anyway (run here through an unchecked seam) meets 
 nothing that child does can hang or crash the parent."""
 
 import ast
+import ctypes
 import errno
 import json
 import os
@@ -10,6 +11,8 @@ import re
 import select
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -179,6 +182,22 @@ def test_hostile_code_is_refused_before_running(name, tmp_path, monkeypatch):
     assert not marker.exists()
 
 
+def test_the_size_guards_refuse_only_past_their_bounds():
+    # catches: a size check off by one (>= for >), which would refuse code at exactly the allowed size
+    body = "return x"
+    at_limit = fn(body + " " * (sandbox.MAX_SOURCE_CHARS - len(fn(body))))
+    assert len(at_limit) == sandbox.MAX_SOURCE_CHARS
+    check_source(at_limit, "f")
+    with pytest.raises(UnsafeCodeError, match="characters"):
+        check_source(at_limit + " ", "f")
+    depth = {k: sandbox._tree_depth(ast.parse(fn("return " + "-" * k + "x"))) for k in range(60)}
+    deepest = max(k for k, d in depth.items() if d <= sandbox.MAX_AST_DEPTH)
+    assert depth[deepest] == sandbox.MAX_AST_DEPTH
+    check_source(fn("return " + "-" * deepest + "x"), "f")
+    with pytest.raises(UnsafeCodeError, match="deeper"):
+        check_source(fn("return " + "-" * (deepest + 1) + "x"), "f")
+
+
 def test_refusals_name_the_line():
     with pytest.raises(UnsafeCodeError, match=r"function call \(line 4\)"):
         check_source(fn("y = x + 1", "if y > 2:", "    return len(y)", "return y"), "f")
@@ -224,11 +243,17 @@ def test_source_and_name_must_be_plain_strings():
         run_function(fn("return x"), Short("f"), [(1,)])
 
 
-@pytest.mark.parametrize("timeout_s", [True, 0, -1.0, float("nan"), float("inf"), 1e9, "1", None])
+@pytest.mark.parametrize("timeout_s", [True, 0, -1.0, float("nan"), float("inf"), 60.5, 1e9, "1", None])
 def test_timeout_must_be_a_sensible_number_of_seconds(timeout_s):
     # catches: accepting True as one second, or a timeout so long it is no timeout
     with pytest.raises(ValueError):
         run_function(fn("return x"), "f", [(1,)], timeout_s=timeout_s)
+
+
+def test_timeouts_up_to_the_bound_are_accepted():
+    assert sandbox.MAX_TIMEOUT_S == 60
+    for timeout_s in (2, 0.5, sandbox.MAX_TIMEOUT_S):
+        assert run_function(fn("return x"), "f", [(1,)], timeout_s=timeout_s) == [1]
 
 
 def test_a_safe_function_under_another_name_is_told_apart_from_unsafe_code():
@@ -333,6 +358,13 @@ def test_with_its_pipe_closed_the_child_still_finds_no_file_or_program(open_dir)
     assert not target.exists() and not marker.exists()
 
 
+def test_the_empty_root_comes_back_if_a_temporary_files_cleaner_removes_it():
+    # catches: a root directory made once and trusted for ever, which would silently end the chroot
+    needs("empty root")
+    os.rmdir(sandbox._empty_dir())
+    assert run_escaped("import os\nresult = int(os.getcwd() == '/')") == [1]
+
+
 def test_the_child_sees_no_environment(monkeypatch):
     # catches: a fork that keeps the parent's environment, tokens and all
     monkeypatch.setenv("MINITUNE_TEST_SECRET", "hunter2")
@@ -362,7 +394,9 @@ def test_the_child_cannot_reach_the_network():
         port = listener.getsockname()[1]
         payload = ("import os, socket\n"
                    "os.close(0)\n"
-                   f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\n")
+                   "s = socket.socket()\n"  # not create_connection: its idna codec is not importable in a chroot
+                   "s.settimeout(2)\n"
+                   f"s.connect(('127.0.0.1', {port}))\n")
         with pytest.raises(CodeCrashed):
             run_escaped(payload)
         readable, _, _ = select.select([listener], [], [], 0.2)
@@ -417,15 +451,70 @@ def test_the_child_holds_only_its_answer_pipe_in_a_session_of_its_own(tmp_path):
         assert run_escaped(payload, [(0,), (1,), (2,)]) == [1, True, True]
 
 
+def test_the_child_dies_with_the_process_that_evaluates(tmp_path):
+    # catches: a child left running (until its CPU limit, if ever: this one sleeps) when its parent is killed
+    needs("dies with parent")
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import ast, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import minitune.sandbox as sandbox\n"
+        "from test_sandbox import escaped\n"
+        "print('ready', flush=True)\n"
+        "sandbox._execute(escaped('import time\\ntime.sleep(60)'), 'f', [(0,)], 30.0)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    try:
+        assert parent.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 30
+        while not (grandchildren := children_of(parent.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(grandchildren) == 1
+        child = grandchildren.pop()
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while is_running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_running(child)
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(p) for p in f.read().split())
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Whether pid is alive, a zombie counting as dead (an orphan's reaper may be slow to collect it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_the_evaluator_still_runs_where_the_platform_refuses_the_optional_walls(monkeypatch):
     # catches: a wall whose refusal crashes the child instead of leaving that wall out
+    def refuse(*args):
+        raise PermissionError("refused here")
+
+    real_setrlimit = sandbox.resource.setrlimit
     monkeypatch.setattr(sandbox, "_LIBC", None)  # as on macOS: no prctl, unshare or capset
-    monkeypatch.setattr(sandbox.os, "chroot", lambda path: (_ for _ in ()).throw(PermissionError(path)))
+    monkeypatch.setattr(sandbox.os, "chroot", refuse)
+    monkeypatch.setattr(sandbox.resource, "setrlimit",  # as where RLIMIT_AS cannot be set
+                        lambda which, limits: refuse() if which == sandbox.resource.RLIMIT_AS
+                        else real_setrlimit(which, limits))
     monkeypatch.setattr(sandbox, "_granted", None)
     assert run_function(fn("return x + 1"), "f", [(1,)]) == [2]
     walls = sandbox.confinement()
-    assert not walls["no network"] and not walls["empty root"] and not walls["dies with parent"]
-    assert all(walls[name] for name in ("own session", "descriptors closed", "one descriptor", "no file writes"))
+    assert [name for name in sandbox.WALLS if not walls[name]] == \
+        ["no network", "empty root", "no new privileges", "dies with parent", "address space"]
 
 
 def test_the_report_names_every_wall():
@@ -434,6 +523,26 @@ def test_the_report_names_every_wall():
     # these need nothing but POSIX, so every machine that can fork grants them
     assert all(walls[name] for name in ("own session", "descriptors closed", "empty environment", "cpu time",
                                         "no file writes", "one descriptor", "no core dumps"))
+
+
+def kernel_allows(flags: int) -> bool:
+    """Whether a forked process here may unshare these namespaces (asked directly, not through sandbox)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if ctypes.CDLL(None, use_errno=True).unshare(flags) == 0 else 1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the namespaces and prctl walls are Linux's")
+def test_every_wall_the_kernel_allows_is_raised():
+    # catches: a wall silently dropped, which the tests that need it would only skip
+    walls = sandbox.confinement()
+    assert walls["dies with parent"] and walls["no new privileges"]  # prctl: any Linux since 3.5
+    new_user, new_net = 0x10000000, 0x40000000
+    if kernel_allows(new_net if os.geteuid() == 0 else new_user | new_net):
+        assert walls["no network"] and walls["empty root"] and walls["no privileges"]
+    if os.geteuid() != 0 or walls["no privileges"]:
+        assert walls["no new processes"] and walls["address space"]
 
 
 # ---------------------------------------------------------------- the parent cannot hang or crash
@@ -475,6 +584,25 @@ def test_an_answer_longer_than_any_honest_one_is_cut_off():
     assert time.perf_counter() - start < 5.0
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_size_cap_counts_the_whole_answer_across_its_pieces(extra):
+    # catches: pieces joined wrongly, a cap applied to each piece rather than the whole, or off by one
+    good = json.dumps({"results": [["value", 7]], "walls": []}).encode()
+    limit = sandbox._REPLY_BASE_BYTES + sandbox._REPLY_BYTES_PER_INPUT  # for one input
+    spaces = limit - len(good) + extra  # JSON allows leading whitespace: exactly the cap, or one byte more
+    payload = ("import os, time\n"
+               f"for _ in range({spaces // 500}):\n"
+               "    os.write(0, b' ' * 500)\n"
+               "    time.sleep(0.002)\n"  # so that the parent reads it in small pieces
+               f"os.write(0, b' ' * {spaces % 500} + {good!r})\n"
+               "os._exit(0)\n")
+    if extra:
+        with pytest.raises(CodeCrashed):
+            sandbox._execute(escaped(payload), "f", [(0,)], 5.0)
+    else:
+        assert sandbox._execute(escaped(payload), "f", [(0,)], 5.0) == [7]
+
+
 N_REPLY = 10  # results a reply below must hold
 GOOD = [["value", 7]] * N_REPLY
 MALFORMED = {
@@ -509,10 +637,14 @@ def reply_with(reply) -> ast.Module:
     return escaped(f"import os\nos.write(0, {raw!r})\nos._exit(0)")
 
 
-def test_a_well_formed_reply_written_by_hand_is_read():
-    # the control for the next test: the hand-written replies really reach the parent's reader
-    module = reply_with({"results": GOOD[1:] + [["failed", "no"]], "walls": ["own session"]})
-    assert sandbox._execute(module, "f", [(0,)] * N_REPLY, 5.0) == [7] * (N_REPLY - 1) + [CallFailed("no")]
+def test_the_largest_honest_reply_is_read():
+    # the control for the next test (hand-written replies really reach the parent's reader); it also
+    # catches a size cap or a range check tighter than what an honest child may send
+    longest = "\U0001F600" * sandbox.MAX_REASON_CHARS  # 12 bytes each in JSON, as a surrogate pair
+    results = [["value", 10**12], ["value", -10**12], ["value", True]] + [["failed", longest]] * (N_REPLY - 3)
+    module = reply_with({"results": results, "walls": list(sandbox.WALLS)})
+    assert sandbox._execute(module, "f", [(0,)] * N_REPLY, 5.0) == \
+        [10**12, -10**12, True] + [CallFailed(longest)] * (N_REPLY - 3)
 
 
 @pytest.mark.parametrize("name", MALFORMED)
@@ -520,6 +652,44 @@ def test_a_malformed_reply_is_an_error_for_that_program_not_a_crash(name):
     # catches: KeyError, TypeError or RecursionError in the parent, or a wrong reply accepted
     with pytest.raises(CodeCrashed):
         sandbox._execute(reply_with(MALFORMED[name]), "f", [(0,)] * N_REPLY, 5.0)
+
+
+def test_a_long_error_message_is_cut_not_a_reason_to_lose_the_answer():
+    # catches: a child that sends whatever an exception says, which the parent must then refuse whole
+    out = run_escaped("raise ValueError('x' * 1000)", [(0,), (1,)])
+    assert out == [CallFailed("ValueError: " + "x" * (sandbox.MAX_REASON_CHARS - len("ValueError: ")))] * 2
+
+
+def test_a_grandchild_does_not_outlive_its_evaluation(monkeypatch):
+    # catches: killing only the child: where no limit stops a fork (here the process limit is taken away,
+    # as where root cannot become nobody), a grandchild would run on after the answer
+    real_limits = sandbox._limits
+    monkeypatch.setattr(sandbox, "_limits", lambda *a: {name: limit for name, limit in real_limits(*a).items()
+                                                        if name != "no new processes"})
+    payload = ("import os, time\n"
+               "pid = os.fork()\n"
+               "if pid == 0:\n"
+               "    os.close(0)\n"  # so that the child's answer ends when the child does
+               "    time.sleep(60)\n"
+               "    os._exit(0)\n"
+               "result = pid\n")
+    grandchild = run_escaped(payload)[0]
+    deadline = time.monotonic() + 5
+    while is_running(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_running(grandchild)
+
+
+def test_a_failed_fork_leaves_no_descriptor_open(monkeypatch):
+    # catches: the pipe's two ends left open when no child could be started
+    def no_fork():
+        raise BlockingIOError(errno.EAGAIN, "no more processes")
+
+    descriptors = open_descriptors()
+    monkeypatch.setattr(sandbox.os, "fork", no_fork)
+    with pytest.raises(BlockingIOError):
+        run_function(fn("return x"), "f", [(1,)])
+    assert open_descriptors() == descriptors
 
 
 def test_a_function_that_cannot_be_set_up_is_a_crash():
