@@ -126,6 +126,7 @@ WALLS = (
     "no network",          # a new network namespace with no interfaces up
     "empty root",          # chroot into an empty directory: no file to open, no program to exec
     "no privileges",       # root becomes nobody; in a user namespace every capability is dropped
+                           # (a child started by an ordinary user has none to begin with)
     "no new privileges",   # PR_SET_NO_NEW_PRIVS: exec of a setuid program gains nothing
     "dies with parent",    # PR_SET_PDEATHSIG: killed if the evaluating process dies first
     "cpu time",            # RLIMIT_CPU: a second deadline the kernel enforces by itself

@@ -460,11 +460,12 @@ def test_the_child_dies_with_the_process_that_evaluates(tmp_path):
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "import minitune.sandbox as sandbox\n"
         "from test_sandbox import escaped\n"
-        "print('ready', flush=True)\n"
+        "print(sandbox._empty_dir(), flush=True)\n"
         "sandbox._execute(escaped('import time\\ntime.sleep(60)'), 'f', [(0,)], 30.0)\n")
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    empty_root = Path(parent.stdout.readline().decode().strip())  # killed, it cannot remove this itself
     try:
-        assert parent.stdout.readline() == b"ready\n"
+        assert empty_root.name.startswith("minitune-sandbox-")  # the script is running
         deadline = time.monotonic() + 30
         while not (grandchildren := children_of(parent.pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -480,6 +481,8 @@ def test_the_child_dies_with_the_process_that_evaluates(tmp_path):
         parent.kill()
         parent.wait()
         parent.stdout.close()
+        if empty_root.name.startswith("minitune-sandbox-") and empty_root.is_dir():
+            empty_root.rmdir()
 
 
 def children_of(pid: int) -> set[int]:
