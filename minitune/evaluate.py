@@ -20,7 +20,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from minitune.data.tasks import Example, Task, pick_shots
+from minitune.data.tasks import Example, Task, code_source, pick_shots
 from minitune.metrics import accuracy, exact_match, key_fact_recall, macro_f1, rouge_l, token_f1
 from minitune.errors import UnsafeCodeError
 from minitune.sandbox import CallFailed, CodeCrashed, CodeTimedOut, WrongFunctionName, run_function
@@ -157,7 +157,7 @@ def score_generation(task: Task, examples, predictions: list[str]) -> dict:
     """The task's generation metrics, averaged over examples."""
     targets = [ex.target.strip() for ex in examples]
     if task.name == "code" and examples and examples[0].meta.get("executable"):
-        outcomes = [code_passes(p, ex.meta)[0] for ex, p in zip(examples, predictions)]
+        outcomes = [code_passes(code_source(ex, p), ex.meta)[0] for ex, p in zip(examples, predictions)]
         # pass@1 and the share of each way to fail; together they add up to 1
         return {"pass@1": mean(o == "passed" for o in outcomes),
                 **{kind: mean(o == kind for o in outcomes)

@@ -92,6 +92,14 @@ def test_the_code_metric_counts_each_way_to_fail_apart(unchecked_seam):
     assert sum(scores.values()) == pytest.approx(1.0)
 
 
+def test_the_code_tasks_reference_bodies_pass_after_their_prompts_signature():
+    # catches: the generated body scored without the signature the prompt gave (every answer "refused")
+    task = load_task("code", sizes={"train": 4, "validation": 4, "test": 12})
+    examples = task.split("test")
+    assert all(ex.prompt.rstrip().endswith(":") for ex in examples)  # the prompt ends at the signature
+    assert score_generation(task, examples, [ex.target for ex in examples])["pass@1"] == 1.0
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_evaluate_every_task_zero_and_few_shot(name, nano_base):
     task = load_task(name, sizes={"train": 40, "validation": 10, "test": 10} if name != "qa" else None)
