@@ -15,8 +15,9 @@ The model code is checked by what it computes, not by its text: the weights must
 loss they gave when they were trained. A hash of model.py would call a comment edit a new model; a
 hash of output bytes would fail across CPUs and torch builds, whose floats differ in the last bits.
 The probe is compared within `PROBE_TOLERANCE`, so "the same model" means the same function up to
-float noise: a change below it (tanh-approximate to exact GELU moves the nano probe by 4e-6 nats) keeps
-the base; one that matters (a LayerNorm epsilon of 1e-3 moves it by 6e-4) does not. A cached base that no longer matches is rebuilt with a
+float noise: a change below it (tanh-approximate to exact GELU moves the tiny base's probe by 1.2e-5
+nats) keeps the base; one that matters (a LayerNorm epsilon of 1e-3 moves it by 1.9e-3) does not.
+Changes to the training loop or the recipe show in the replay of the first steps. A cached base that no longer matches is rebuilt with a
 message saying why (or refused, if it was trained on your own corpus), never silently reused.
 """
 

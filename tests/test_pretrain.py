@@ -163,7 +163,7 @@ def test_base_mismatch_names_what_changed(nano_run, tmp_path):
         assert words in base_mismatch(folder)
 
 
-def test_default_base_uses_a_fitting_cache_and_rebuilds_an_out_of_date_one(nano_run, tmp_path, monkeypatch):
+def test_builtin_base_uses_a_fitting_cache_and_rebuilds_an_out_of_date_one(nano_run, tmp_path, monkeypatch):
     monkeypatch.setenv("MINITUNE_RUNS", str(tmp_path))
     cache = tmp_path / "base-nano"
     shutil.copytree(nano_run, cache)
