@@ -97,13 +97,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
-        # Without a cache, or on the first (prompt) call, the plain causal mask is right. A cached
-        # call of T > 1 new tokens would need an offset mask; generate() only ever feeds one token.
-        is_causal = T > 1
-        if cache is not None and T > 1 and k.size(2) != T:
-            raise ValueError("a cached forward pass takes the whole prompt or one token at a time")
+        past = k.size(2) - T  # positions the cache held before this call (0 without one)
+        mask = None
+        if past and T > 1:
+            # T new positions after `past` cached ones (keys/values given in advance, such as a learned
+            # prefix, or a prompt fed in pieces): query i sees every cached key and the new ones up to
+            # itself. SDPA's is_causal puts the triangle in the top-left corner, right only when past = 0.
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None, dropout_p=self.dropout if self.training else 0.0
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
