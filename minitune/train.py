@@ -140,12 +140,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over trainable parameters only: decay on weight matrices; none on biases, norms, embeddings."""
     no_decay = {id(p) for m in model.modules() if isinstance(m, (nn.Embedding, nn.LayerNorm)) for p in m.parameters()}
-    decay, rest, seen = [], [], set()
+    decay, rest = [], []
     for p in model.parameters():  # parameters() yields a tied tensor once
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in no_decay else rest).append(p)
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and id(p) not in no_decay else rest).append(p)
     if not decay and not rest:
         raise ConfigError("the model has no trainable parameters (every requires_grad is False)")
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]

@@ -12,7 +12,8 @@ from minitune.checkpoint import load_model, save_model
 from minitune.data.batches import TokenStream
 from minitune.errors import ConfigError, DataError
 from minitune.model import GPT, GPTConfig
-from minitune.train import TrainConfig, accumulate_gradients, evaluate_loss, lr_at, make_optimizer, train
+from minitune.train import (TrainConfig, accumulate_gradients, evaluate_loss, lr_at, make_optimizer, seed_everything,
+                            train)
 
 
 def tiny_stream(seed=0) -> TokenStream:
@@ -102,6 +103,70 @@ def test_a_batch_without_targets_adds_nothing():
     assert loss == pytest.approx(evaluate_loss(model, [(x, y)]), rel=1e-5)
 
 
+def test_a_step_of_one_target_weighs_it_fully():
+    """Catches a floor above 1 on the target count (a lone target's gradient halved)."""
+    x, y = tiny_stream().batch(0)
+    y = torch.full_like(y, -100)
+    y[0, 3] = 7
+    model = nano_model()
+    loss = accumulate_gradients(model, [(x, y)], torch.device("cpu"))
+    reference = nano_model()
+    expected = torch.nn.functional.cross_entropy(reference(x)[0][0, 3], y[0, 3])
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-7)
+
+
+class Indexed:
+    """Batch i of a source, refusing indices the loop should never ask for."""
+
+    def __init__(self, source, n):
+        self.source, self.n, self.asked = source, n, []
+
+    def batch(self, i):
+        assert 0 <= i < self.n, f"batch {i} asked"
+        self.asked.append(i)
+        return self.source.batch(i)
+
+
+def test_the_loop_reads_each_batch_once_in_order_and_reports_what_it_did():
+    """Catches micro-batch indices computed wrongly, a token count that is not a running sum, and a training
+    loss that is not the mean of the last logging window's steps (lr is tiny, so each step's loss is the
+    initial model's loss on that step's batch)."""
+    source = tiny_stream()
+    data = Indexed(source, 8)
+    cfg = TrainConfig(max_steps=4, grad_accum=2, lr=1e-9, min_lr=0, warmup_steps=0, log_every=3, weight_decay=0.0,
+                      device="cpu", quiet=True)
+    reference = nano_model()
+    result = train(nano_model(), data, None, cfg)
+    assert data.asked == list(range(8))
+    x, _ = source.batch(0)
+    assert result.tokens == 8 * x.numel() and result.steps == 4
+    step_losses = [evaluate_loss(reference, [source.batch(2 * s), source.batch(2 * s + 1)]) for s in range(4)]
+    assert result.train_loss == pytest.approx(step_losses[3], rel=1e-4)  # the window after step 3 holds step 4
+    result = train(nano_model(), Indexed(source, 8), None, TrainConfig(**{**cfg.__dict__, "log_every": 10}))
+    assert result.train_loss == pytest.approx(sum(step_losses) / 4, rel=1e-4)
+
+
+def test_optimizer_takes_the_settings_learning_rate_and_betas():
+    """Catches AdamW built with its own defaults instead of the run's settings."""
+    cfg = TrainConfig(lr=0.05, min_lr=0.0, betas=(0.8, 0.9), weight_decay=0.2)
+    for group in make_optimizer(nano_model(), cfg, torch.device("cpu")).param_groups:
+        assert group["lr"] == 0.05 and group["betas"] == (0.8, 0.9)
+
+
+def test_seed_everything_seeds_python_numpy_and_torch():
+    """Catches a generator left unseeded (data shuffles and init draw from all three)."""
+    import random
+
+    draws = []
+    for _ in range(2):
+        seed_everything(3)
+        draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
+    assert draws[0] == draws[1]
+
+
 def test_frozen_parameters_are_untouched_and_not_in_the_optimizer():
     model = nano_model()
     for name, p in model.named_parameters():
@@ -132,6 +197,7 @@ def test_learning_rate_schedule():
     assert lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(55, cfg) == pytest.approx(5.5e-4)
     assert lr_at(100, cfg) == pytest.approx(1e-4)
+    assert lr_at(150, cfg) == pytest.approx(1e-4)  # past the end it stays at min_lr (no second cosine)
     lrs = [lr_at(s, cfg) for s in range(10, 100)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
