@@ -32,17 +32,30 @@ def _build_tokenizer(args: argparse.Namespace) -> None:
 
 def strategy_from_args(args: argparse.Namespace):
     """The strategy config the finetune flags describe."""
-    from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig
+    from minitune.strategies import (
+        AdapterConfig, DoRAConfig, FullConfig, IA3Config, LoRAConfig, PrefixTuningConfig, PromptTuningConfig,
+        QLoRAConfig,
+    )
 
+    low_rank = dict(r=args.r, alpha=args.alpha, dropout=args.lora_dropout, rslora=args.rslora,
+                    targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()))
+    n_tokens = {} if args.n_tokens is None else {"n_tokens": args.n_tokens}  # each strategy has its own default
     if args.strategy == "full":
         return FullConfig()
     if args.strategy == "lora":
-        return LoRAConfig(r=args.r, alpha=args.alpha, dropout=args.lora_dropout, rslora=args.rslora,
-                          targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()))
+        return LoRAConfig(**low_rank)
+    if args.strategy == "dora":
+        return DoRAConfig(**low_rank)
+    if args.strategy == "qlora":
+        return QLoRAConfig(**low_rank, quant_block=args.quant_block, double_quant=not args.no_double_quant)
     if args.strategy == "adapter":
         return AdapterConfig(bottleneck=args.bottleneck, placement=args.placement, activation=args.activation,
                              train_layernorm=args.train_layernorm)
-    return PromptTuningConfig(n_tokens=args.n_tokens, init=args.prompt_init, init_text=args.init_text)
+    if args.strategy == "ia3":
+        return IA3Config()
+    if args.strategy == "prefix":
+        return PrefixTuningConfig(**n_tokens, hidden=args.prefix_hidden)
+    return PromptTuningConfig(**n_tokens, init=args.prompt_init, init_text=args.init_text)
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -121,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a base on a task with one strategy")
     ft.add_argument("--base", default=None, help="base run folder (default: runs/base-tiny, pretrained if missing)")
     _task_args(ft)
-    ft.add_argument("--strategy", default="lora", choices=["full", "lora", "adapter", "prompt"])
+    ft.add_argument("--strategy", default="lora",
+                    choices=["full", "lora", "adapter", "prompt", "dora", "ia3", "prefix", "qlora"])
     ft.add_argument("--out", default=None, help="run folder to write (default: runs/TASK-STRATEGY)")
     ft.add_argument("--max-steps", type=int, default=300)
     ft.add_argument("--batch-size", type=int, default=16)
@@ -130,21 +144,25 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--eval", action="store_true", help="evaluate on the test split afterwards")
     ft.add_argument("--limit", type=int, default=None, help="evaluate on at most this many examples")
     _resume_args(ft)
-    lora = ft.add_argument_group("LoRA")
+    lora = ft.add_argument_group("LoRA (and DoRA, QLoRA)")
     lora.add_argument("--r", type=int, default=8)
     lora.add_argument("--alpha", type=float, default=16)
     lora.add_argument("--lora-dropout", type=float, default=0.0)
     lora.add_argument("--targets", default="c_attn", help="comma-separated: c_attn, attn.c_proj, c_fc, mlp.c_proj")
     lora.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
+    lora.add_argument("--quant-block", type=int, default=64, help="QLoRA: weights per NF4 absmax block")
+    lora.add_argument("--no-double-quant", action="store_true", help="QLoRA: keep the absmaxes in float32")
     ad = ft.add_argument_group("adapters")
     ad.add_argument("--bottleneck", type=int, default=16)
     ad.add_argument("--placement", default="houlsby", choices=["houlsby", "pfeiffer"])
     ad.add_argument("--activation", default="gelu", choices=["gelu", "relu"])
     ad.add_argument("--train-layernorm", action="store_true")
-    pt = ft.add_argument_group("prompt tuning")
-    pt.add_argument("--n-tokens", type=int, default=20)
+    pt = ft.add_argument_group("prompt and prefix tuning")
+    pt.add_argument("--n-tokens", type=int, default=None, help="soft prompt or prefix length (default: 20 for "
+                    "prompt, 10 for prefix)")
     pt.add_argument("--prompt-init", default="vocab", choices=["random", "vocab", "text"])
     pt.add_argument("--init-text", default=None)
+    pt.add_argument("--prefix-hidden", type=int, default=64, help="prefix: width of the training-time MLP (0: none)")
     ft.set_defaults(handler=_finetune)
 
     ev = sub.add_parser("evaluate", help="score a run (base or fine-tuned) on a task")

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from minitune.errors import CheckpointError, ConfigError, TrainingError
 from minitune.model import GPT, GPTConfig, count_parameters
 from minitune.strategies import (
-    AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy, load_trainable, merge,
-    save_trainable, trainable_parameters, trainable_report, unmerge,
+    AdapterConfig, DoRAConfig, FullConfig, IA3Config, LoRAConfig, PrefixTuningConfig, PromptTuningConfig,
+    QLoRAConfig, apply_strategy, load_trainable, merge, save_trainable, trainable_parameters, trainable_report,
+    unmerge,
 )
 from minitune.strategies import base_unchanged, trainable_state
 from minitune.strategies.lora import LoRALinear, lora_layers, merged_state_dict
@@ -64,18 +65,29 @@ def random_bases(draw, dtypes=(torch.float32, torch.float64)) -> GPT:
     return model
 
 
-def random_configs(cfg: GPTConfig, kinds=("full", "lora", "adapter", "prompt")):
+EVERY_KIND = ("full", "lora", "adapter", "prompt", "dora", "ia3", "prefix", "qlora")
+
+
+def random_configs(cfg: GPTConfig, kinds=EVERY_KIND):
     """Any strategy config that fits a base of shape cfg."""
     d = cfg.n_embd
+    low_rank = dict(r=st.integers(1, d), alpha=st.floats(0.5, 32), rslora=st.booleans(),
+                    targets=st.lists(st.sampled_from(sorted(LINEAR_SHAPES)), min_size=1, unique=True).map(tuple),
+                    init=st.sampled_from(["kaiming", "gaussian"]))
     options = {
         "full": st.just(FullConfig()),
-        "lora": st.builds(LoRAConfig, r=st.integers(1, d), alpha=st.floats(0.5, 32), rslora=st.booleans(),
-                          targets=st.lists(st.sampled_from(sorted(LINEAR_SHAPES)), min_size=1, unique=True).map(tuple),
-                          init=st.sampled_from(["kaiming", "gaussian"])),
-        "adapter": st.builds(AdapterConfig, bottleneck=st.integers(1, 2 * d), placement=st.sampled_from(sorted(ADAPTER_SITES)),
+        "lora": st.builds(LoRAConfig, **low_rank),
+        "adapter": st.builds(AdapterConfig, bottleneck=st.integers(1, 2 * d),
+                             placement=st.sampled_from(sorted(ADAPTER_SITES)),
                              activation=st.sampled_from(["gelu", "relu"]), train_layernorm=st.booleans()),
         "prompt": st.builds(PromptTuningConfig, n_tokens=st.integers(1, cfg.block_size - 2),
                             init=st.sampled_from(["random", "vocab"])),
+        "dora": st.builds(DoRAConfig, **low_rank),
+        "ia3": st.just(IA3Config()),
+        "prefix": st.builds(PrefixTuningConfig, n_tokens=st.integers(1, cfg.block_size - 2), hidden=st.integers(0, 8)),
+        # small blocks too, so that padding and several absmax blocks per scale block are exercised
+        "qlora": st.builds(QLoRAConfig, **low_rank, quant_block=st.sampled_from([2, 8, 64]),
+                           scale_block=st.integers(1, 8), double_quant=st.booleans()),
     }
     return st.one_of(*(options[k] for k in kinds))
 
@@ -85,8 +97,16 @@ def closed_form(cfg: GPTConfig, config) -> tuple[int, int]:
     d, L = cfg.n_embd, cfg.n_layer
     if isinstance(config, FullConfig):
         return 0, count_parameters(cfg)
-    if isinstance(config, LoRAConfig):
+    if isinstance(config, (LoRAConfig, QLoRAConfig)):  # QLoRA's 4-bit weights count as the parameters they hold
         return L * sum(config.r * (LINEAR_SHAPES[t][0] + LINEAR_SHAPES[t][1]) * d for t in config.targets), 0
+    if isinstance(config, DoRAConfig):  # LoRA's factors plus one magnitude per output feature
+        return L * sum((config.r * (LINEAR_SHAPES[t][0] + LINEAR_SHAPES[t][1]) + LINEAR_SHAPES[t][1]) * d
+                       for t in config.targets), 0
+    if isinstance(config, IA3Config):  # keys and values (d each), the MLP's inner activation (4 d)
+        return L * (2 * d + 4 * d), 0
+    if isinstance(config, PrefixTuningConfig):
+        n, h, table = config.n_tokens, config.hidden, 2 * L * d
+        return (n * table if h == 0 else n * d + (d * h + h) + (h * table + table)), 0
     if isinstance(config, AdapterConfig):
         m, per_block = config.bottleneck, len(ADAPTER_SITES[config.placement])
         layernorms = (2 * L + 1) * (d + d * cfg.bias) if config.train_layernorm else 0
@@ -112,14 +132,16 @@ def perturb_trainable(model: nn.Module, std: float = 0.3) -> None:
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_every_strategy_but_prompt_starts_bitwise_as_the_base(data):
-    """Catches a LoRA B or an adapter up-projection initialised non-zero, or a wrongly placed identity."""
+    """Catches a LoRA B or an adapter up-projection initialised non-zero, or a wrongly placed identity; a DoRA
+    magnitude not initialised to the weight's norms; an (IA)3 vector not initialised to ones. (Prompt and
+    prefix tuning change the attention from the start; QLoRA starts as its 4-bit base, tested with it.)"""
     plain = data.draw(random_bases())
-    config = data.draw(random_configs(plain.config, ("full", "lora", "adapter")))
+    config = data.draw(random_configs(plain.config, ("full", "lora", "adapter", "dora", "ia3")))
     x = random_ids(plain, 0)
     assert torch.equal(apply_strategy(copy.deepcopy(plain), config)(x)[0], plain(x)[0])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_trainable_count_is_the_closed_form(data):
     """Catches a strategy that trains too much (a frozen tensor left trainable) or adds the wrong shapes."""
@@ -130,17 +152,19 @@ def test_trainable_count_is_the_closed_form(data):
     assert trainable_parameters(model) == (added + trained_base, count_parameters(plain.config) + added)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_training_steps_move_only_trainable_tensors_and_all_of_them(data):
     """Catches a frozen tensor that still gets a gradient or moves, and a trainable one cut off from the loss.
 
     LoRA's A and an adapter's down-projection get no gradient while B / up are zero, so two steps run.
+    Buffers count as frozen: QLoRA's 4-bit codes must come out bitwise as they went in.
     """
     plain = data.draw(random_bases())
     config = data.draw(random_configs(plain.config))
     model = apply_strategy(plain.train(), config)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.0), torch.device("cpu"))
     for step in range(2):
@@ -156,9 +180,10 @@ def test_training_steps_move_only_trainable_tensors_and_all_of_them(data):
             assert torch.equal(p, frozen[n]), f"frozen {n} changed"
         else:
             assert not torch.equal(p, start[n]), f"trainable {n} did not move"
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_save_then_load_onto_a_fresh_base_gives_the_same_logits(data):
     """Catches a tensor left out of the file, a config field not restored, or values copied to the wrong name."""

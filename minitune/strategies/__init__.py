@@ -6,8 +6,8 @@
     save_trainable(model, "runs/sentiment-lora")            # only the trainable tensors + the config
     model = load_trainable(load_base(), "runs/sentiment-lora")
 
-Trainable tensors are recognisable by name (`lora_`, `adapter`, `soft_prompt`; under full fine-tuning,
-all of them), so counting, saving and loading are written once, here, for every strategy.
+Trainable tensors are recognisable by name (`lora_`, `adapter`, `soft_prompt`, `ia3_`, `prefix`; under full
+fine-tuning, all of them), so counting, saving and loading are written once, here, for every strategy.
 """
 
 from __future__ import annotations
@@ -22,17 +22,25 @@ import torch.nn as nn
 
 from minitune.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file, verify_checksum
 from minitune.errors import CheckpointError, ConfigError
-from minitune.strategies import adapter, full, lora, prompt
+from minitune.strategies import adapter, dora, full, ia3, lora, prefix, prompt, qlora
 from minitune.strategies.adapter import AdapterConfig
+from minitune.strategies.dora import DoRAConfig
 from minitune.strategies.full import FullConfig
+from minitune.strategies.ia3 import IA3Config
 from minitune.strategies.lora import LoRAConfig
+from minitune.strategies.prefix import PrefixTuningConfig
 from minitune.strategies.prompt import PromptTuningConfig
+from minitune.strategies.qlora import QLoRAConfig
 
 STRATEGIES = {
     FullConfig.name: (FullConfig, full.apply),
     LoRAConfig.name: (LoRAConfig, lora.apply),
     AdapterConfig.name: (AdapterConfig, adapter.apply),
     PromptTuningConfig.name: (PromptTuningConfig, prompt.apply),
+    DoRAConfig.name: (DoRAConfig, dora.apply),
+    IA3Config.name: (IA3Config, ia3.apply),
+    PrefixTuningConfig.name: (PrefixTuningConfig, prefix.apply),
+    QLoRAConfig.name: (QLoRAConfig, qlora.apply),
 }
 WEIGHTS = "trainable.safetensors"
 CONFIG = "strategy.json"
@@ -91,20 +99,28 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 
 def base_fingerprint(model: nn.Module) -> str:
-    """sha256 over the frozen tensors (names, dtypes, shapes, bytes): which base a trained part belongs to."""
+    """sha256 over the frozen tensors (names, dtypes, shapes, bytes): which base a trained part belongs to.
+
+    Frozen parameters, and buffers: a base held in 4 bits (QLoRA) keeps its weights as buffers of codes.
+    """
     h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if not p.requires_grad:
-            t = p.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    for name, p in sorted(frozen) + sorted(model.named_buffers()):
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; a tied tensor counts once."""
+    """(trainable, total) parameter counts; a tied tensor counts once.
+
+    A weight held in packed form (a 4-bit NF4 weight, whose codes are buffers) counts as the parameters it
+    stands for (its `packed_parameters`), so percentages compare with the other strategies'.
+    """
     params = list(model.parameters())  # parameters() yields each tensor once
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    packed = sum(getattr(m, "packed_parameters", 0) for m in model.modules())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params) + packed
 
 
 def trainable_report(model: nn.Module) -> str:
@@ -201,7 +217,8 @@ def _check_fits(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tens
 
 
 __all__ = [
-    "AdapterConfig", "FullConfig", "LoRAConfig", "PromptTuningConfig", "STRATEGIES", "apply_strategy",
+    "AdapterConfig", "DoRAConfig", "FullConfig", "IA3Config", "LoRAConfig", "PrefixTuningConfig", "PromptTuningConfig",
+    "QLoRAConfig", "STRATEGIES", "apply_strategy",
     "base_fingerprint", "base_unchanged", "config_from_dict", "load_trainable", "merge", "mergeable_layers",
     "save_trainable", "trainable_parameters", "trainable_report", "trainable_state", "unmerge",
 ]

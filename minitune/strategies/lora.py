@@ -31,8 +31,11 @@ from minitune.errors import ConfigError, TrainingError, is_count, is_number
 
 
 @dataclass
-class LoRAConfig:
-    """Rank r, scale alpha, dropout on the LoRA path, which linear layers to adapt, rsLoRA scaling, A's init."""
+class LowRankConfig:
+    """Rank r, scale alpha, dropout on the low-rank path, which linear layers to adapt, rsLoRA scaling, A's init.
+
+    The settings LoRA shares with the strategies built on it (DoRA, QLoRA); each names itself in errors.
+    """
 
     r: int = 8
     alpha: float = 16
@@ -40,43 +43,45 @@ class LoRAConfig:
     targets: tuple[str, ...] = ("c_attn",)
     rslora: bool = False
     init: str = "kaiming"  # or "gaussian" (A ~ N(0, 1/r))
-    name: ClassVar[str] = "lora"
-    default_lr: ClassVar[float] = 3e-3
 
     def __post_init__(self) -> None:
+        me = type(self).__name__
         self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
         if not is_count(self.r):
-            raise ConfigError(f"LoRAConfig.r must be a positive integer, got {self.r!r}")
+            raise ConfigError(f"{me}.r must be a positive integer, got {self.r!r}")
         if not is_number(self.alpha) or not self.alpha > 0:
-            raise ConfigError(f"LoRAConfig.alpha must be > 0, got {self.alpha!r}")
+            raise ConfigError(f"{me}.alpha must be > 0, got {self.alpha!r}")
         if not is_number(self.dropout) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"{me}.dropout must be in [0, 1), got {self.dropout!r}")
         if not self.targets:
-            raise ConfigError("LoRAConfig.targets must name at least one layer, e.g. ('c_attn',)")
+            raise ConfigError(f"{me}.targets must name at least one layer, e.g. ('c_attn',)")
         if not isinstance(self.rslora, bool):
-            raise ConfigError(f"LoRAConfig.rslora must be True or False, got {self.rslora!r}")
+            raise ConfigError(f"{me}.rslora must be True or False, got {self.rslora!r}")
         if self.init not in ("kaiming", "gaussian"):
-            raise ConfigError(f"LoRAConfig.init must be 'kaiming' or 'gaussian', got {self.init!r}")
+            raise ConfigError(f"{me}.init must be 'kaiming' or 'gaussian', got {self.init!r}")
 
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
 
 
+@dataclass
+class LoRAConfig(LowRankConfig):
+    """LoRA's settings (see LowRankConfig)."""
+
+    name: ClassVar[str] = "lora"
+    default_lr: ClassVar[float] = 3e-3
+
+
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update s * B A."""
 
-    def __init__(self, base: nn.Linear, r: int, scaling: float, dropout: float = 0.0, init: str = "kaiming"):
+    def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0, init: str = "kaiming"):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight  # the same Parameter objects: nothing copied, names kept
-        self.bias = base.bias
-        self.weight.requires_grad = False
-        if self.bias is not None:
-            self.bias.requires_grad = False
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **factory))
+        device, dtype = self.keep_frozen(base)
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=device, dtype=dtype))
         if init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # what nn.Linear uses for its weight
         else:
@@ -85,12 +90,27 @@ class LoRALinear(nn.Module):
         self.scaling = scaling
         self.merged = False
 
+    def keep_frozen(self, base: nn.Linear) -> tuple[torch.device, torch.dtype]:
+        """Hold the base's weight and bias, frozen, under their own names; return where the update lives.
+
+        The same Parameter objects: nothing is copied. (QLoRA's layer holds a 4-bit weight instead.)
+        """
+        self.weight, self.bias = base.weight, base.bias
+        self.weight.requires_grad = False
+        if self.bias is not None:
+            self.bias.requires_grad = False
+        return base.weight.device, base.weight.dtype
+
+    def frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen layer's output, x W^T + b."""
+        return F.linear(x, self.weight, self.bias)
+
     def delta_weight(self) -> torch.Tensor:
         """s * B A, shaped like W (out, in): the one formula behind merge, unmerge and export."""
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = self.frozen(x)
         if self.merged:
             if self.training and torch.is_grad_enabled():
                 # W already holds s B A: no gradient could reach lora_A / lora_B through it.
@@ -117,14 +137,15 @@ class LoRALinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.size(0)}, scaling={self.scaling:g}"
 
 
-def adaptable_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """The transformer blocks' linear layers, by full name (e.g. transformer.h.0.attn.c_attn)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".h." in f".{n}"}
+def adaptable_layers(model: nn.Module, kinds: tuple[type, ...] = (nn.Linear,)) -> dict[str, nn.Module]:
+    """The transformer blocks' linear layers (modules of `kinds`), by full name (transformer.h.0.attn.c_attn)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds) and ".h." in f".{n}"}
 
 
-def target_layers(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Linear]:
+def target_layers(model: nn.Module, config: LowRankConfig,
+                  kinds: tuple[type, ...] = (nn.Linear,)) -> dict[str, nn.Module]:
     """The layers config.targets names: a layer matches a target equal to its name or ending it after a dot."""
-    layers = adaptable_layers(model)
+    layers = adaptable_layers(model, kinds)
 
     def matches(name: str, target: str) -> bool:
         return name == target or name.endswith("." + target)
@@ -132,25 +153,37 @@ def target_layers(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Linear]:
     for target in config.targets:
         if not any(matches(n, target) for n in layers):
             known = sorted({".".join(n.split(".")[-2:]) for n in layers})
-            raise ConfigError(f"LoRAConfig.targets entry {target!r} matches no layer; layers are {known}")
+            raise ConfigError(f"{type(config).__name__}.targets entry {target!r} matches no layer; layers are {known}")
     return {n: m for n, m in layers.items() if any(matches(n, t) for t in config.targets)}
 
 
-def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
-    """Freeze the model and wrap every linear layer named by config.targets in a LoRALinear."""
-    chosen = target_layers(model, config)
+def checked_targets(model: nn.Module, config: LowRankConfig,
+                    kinds: tuple[type, ...] = (nn.Linear,)) -> dict[str, nn.Module]:
+    """target_layers, after checking that every one is wide enough for rank r (nothing is changed)."""
+    chosen = target_layers(model, config, kinds)
     for name, layer in chosen.items():
         if config.r > min(layer.in_features, layer.out_features):
             raise ConfigError(
-                f"LoRAConfig.r ({config.r}) must be at most min(in, out) = "
+                f"{type(config).__name__}.r ({config.r}) must be at most min(in, out) = "
                 f"{min(layer.in_features, layer.out_features)} for {name}"
             )
+    return chosen
+
+
+def apply(model: nn.Module, config: LowRankConfig, layer_class: type[LoRALinear] | None = None,
+          kinds: tuple[type, ...] = (nn.Linear,)) -> nn.Module:
+    """Freeze the model and wrap every linear layer named by config.targets in a LoRALinear.
+
+    DoRA and QLoRA pass their own subclass of LoRALinear (and QLoRA the kind of layer it wraps).
+    """
+    layer_class = layer_class or LoRALinear
+    chosen = checked_targets(model, config, kinds)
     for p in model.parameters():
         p.requires_grad = False
     for name, layer in chosen.items():
         parent_name, _, child = name.rpartition(".")
-        lora = LoRALinear(layer, config.r, config.scaling, config.dropout, config.init).train(layer.training)
-        setattr(model.get_submodule(parent_name), child, lora)
+        wrapped = layer_class(layer, config.r, config.scaling, config.dropout, config.init).train(layer.training)
+        setattr(model.get_submodule(parent_name), child, wrapped)
     return model
 
 
