@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_hf_gpt2
 
 from minitune.checkpoint import load_tensors, save_tensors
 from minitune.errors import CheckpointError, ConfigError
@@ -395,15 +396,7 @@ def test_a_peft_adapter_loads_onto_a_base_read_from_hf(tmp_path):
 # --- parity with transformers and peft (test dependencies: these never skip) -----------------------------
 
 def _hf_model(seed=0):
-    import transformers
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=D, n_layer=L, n_head=H,
-                                     bos_token_id=V - 1, eos_token_id=V - 1)
-    model = transformers.GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model.eval()
+    return random_hf_gpt2(V, T, L, H, D, seed)
 
 
 def _hf_logits(model, x=None):

@@ -9,7 +9,7 @@ is moved off its initialisation first, so the comparison sees the update, not ju
 
 import peft
 import torch
-import transformers
+from conftest import random_hf_gpt2
 
 from minitune.interop import load_hf_gpt2
 from minitune.strategies import DoRAConfig, IA3Config, PrefixTuningConfig, apply_strategy, merge, trainable_state
@@ -21,13 +21,7 @@ TOLERANCE = 1e-4
 
 def hf_gpt2(tmp_path):
     """(a random HF GPT-2 in eval mode, the same model read into minitune, the base's logits on ids())."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=D, n_layer=L, n_head=H,
-                                     bos_token_id=V - 1, eos_token_id=V - 1)
-    hf = transformers.GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.2)
+    hf = random_hf_gpt2(V, T, L, H, D)
     hf.save_pretrained(tmp_path / "hf")
     with torch.no_grad():
         base_logits = hf.eval()(ids()).logits
