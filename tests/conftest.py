@@ -1,6 +1,15 @@
 """Shared fixtures: one pretrained nano base per test session (a few seconds on a CPU)."""
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# CI draws the same examples every run (a red build then means a change, not a new draw); a developer's
+# runs draw fresh ones and keep what failed in .hypothesis/ to replay.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 from minitune.pretrain import load_run, pretrain
 

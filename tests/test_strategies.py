@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minitune.errors import CheckpointError, ConfigError, TrainingError
@@ -158,10 +158,12 @@ def test_training_steps_move_only_trainable_tensors_and_all_of_them(data):
     """Catches a frozen tensor that still gets a gradient or moves, and a trainable one cut off from the loss.
 
     LoRA's A and an adapter's down-projection get no gradient while B / up are zero, so two steps run.
-    Buffers count as frozen: QLoRA's 4-bit codes must come out bitwise as they went in.
+    Buffers count as frozen: QLoRA's 4-bit codes must come out bitwise as they went in. A ReLU adapter
+    is left out: a narrow one can have every unit dead on a batch, and a dead unit rightly gets no gradient.
     """
     plain = data.draw(random_bases())
     config = data.draw(random_configs(plain.config))
+    assume(getattr(config, "activation", None) != "relu")
     model = apply_strategy(plain.train(), config)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
