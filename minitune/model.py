@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from minitune.errors import ConfigError
 
 IGNORE_INDEX = -100  # targets equal to this (e.g. prompt tokens) do not count in the loss
+STOP_CHECK_EVERY = 16  # generate() reads "has every row stopped?" on the host once per this many tokens
 
 
 @dataclass
@@ -214,8 +215,9 @@ class GPT(nn.Module):
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, T) -> (B, T, n_embd), after checking the ids are in the vocabulary."""
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
-            bad = idx[(idx < 0) | (idx >= self.config.vocab_size)][0].item()
+        outside = (idx < 0) | (idx >= self.config.vocab_size)
+        if idx.numel() and bool(outside.any()):  # one read by the host (on a GPU it waits for the device)
+            bad = idx[outside][0].item()
             raise ConfigError(
                 f"token id {bad} is outside the vocabulary: ids must be in [0, {self.config.vocab_size - 1}]"
             )
@@ -256,11 +258,8 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(),
-                targets.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-            )
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
         return logits, loss
 
     @torch.no_grad()
@@ -278,10 +277,16 @@ class GPT(nn.Module):
         """Continue idx (B, T) by up to max_new_tokens; greedy at temperature 0.
 
         Stops early once every row has produced a stop token (rows that stopped are padded with their
-        stop token) or once the context (`block_size`) is full. With the key/value cache each new token runs one position through the model;
-        `use_cache=False` re-runs the whole sequence each step and gives the same tokens.
+        stop token; the result ends with the token that finished the last row) or once the context
+        (`block_size`) is full. With the key/value cache each new token runs one position through the
+        model; `use_cache=False` re-runs the whole sequence each step and gives the same tokens.
         `prefix_embeddings` (P, n_embd) are placed before the prompt (a soft prompt, for instance);
         they are not part of the returned ids.
+
+        No host read per token (on a GPU `int(t)` or `bool(t)` waits for all queued work, dearer than a
+        token's arithmetic at batch 1): the prompt's ids are checked once (generated ids index the logits),
+        "has every row stopped?" is read every STOP_CHECK_EVERY tokens and the surplus cut at the end: the
+        ids of a per-token check (a sampling generator may have drawn up to STOP_CHECK_EVERY - 1 more).
         """
         if temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {temperature}")
@@ -291,7 +296,9 @@ class GPT(nn.Module):
         stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=idx.device)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
-        x_in = self._with_prefix(self.embed(idx), prefix_embeddings)
+        x_in = self._with_prefix(self.embed(idx), prefix_embeddings)  # the prompt's ids checked, once
+        wte = self.transformer.wte  # generated ids go straight in, unchecked
+        live = torch.zeros((), dtype=torch.long, device=idx.device)  # steps after which some row went on
         out = idx
         n_prefix = 0 if prefix_embeddings is None else prefix_embeddings.size(-2)
         room = self.config.block_size - n_prefix - idx.size(1)
@@ -300,19 +307,22 @@ class GPT(nn.Module):
                 f"prompt of {n_prefix + idx.size(1)} tokens is longer than block_size ({self.config.block_size})"
             )
         max_new_tokens = min(max_new_tokens, room)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             if cache is None:
-                x_in = self._with_prefix(self.embed(out), prefix_embeddings)
+                x_in = self._with_prefix(wte(out), prefix_embeddings)
             logits, _ = self.forward_embeddings(x_in, cache=cache, last_only=True)
             next_id = self._pick(logits[:, -1, :].float(), temperature, top_k, generator)
             if len(stops):
                 next_id = torch.where(done, out[:, -1], next_id)  # finished rows repeat their stop token
                 done |= torch.isin(next_id, stops)
+                live += ~done.all()  # counted on the device: no wait
             out = torch.cat([out, next_id[:, None]], dim=1)
             if cache is not None:
-                x_in = self.embed(next_id[:, None])
-            if len(stops) and bool(done.all()):
+                x_in = wte(next_id[:, None])
+            if len(stops) and (step + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):
                 break
+        if len(stops) and bool(done.all()):  # drop what came after the step at which the last row stopped
+            out = out[:, : idx.size(1) + int(live) + 1]
         return out
 
     @staticmethod

@@ -167,3 +167,82 @@ def test_from_dict_names_unknown_fields():
     with pytest.raises(ConfigError, match=r"unknown GPTConfig fields \['n_ctx'\]"):
         GPTConfig.from_dict({**GPTConfig().to_dict(), "n_ctx": 1024})
     assert GPTConfig.from_dict(GPTConfig(n_layer=3).to_dict()) == GPTConfig(n_layer=3)
+
+
+def _generate_checking_every_token(model: GPT, idx: torch.Tensor, n: int, stops: list[int], seed: int) -> torch.Tensor:
+    """The reference: sampling, the whole sequence re-run each step, the stop test read after every token."""
+    g = torch.Generator().manual_seed(seed)
+    out = idx
+    done = torch.zeros(idx.size(0), dtype=torch.bool)
+    for _ in range(min(n, model.config.block_size - idx.size(1))):
+        next_id = GPT._pick(model(out)[0][:, -1].float(), 1.0, None, g)
+        next_id = torch.where(done, out[:, -1], next_id)
+        done |= torch.isin(next_id, torch.tensor(stops))
+        out = torch.cat([out, next_id[:, None]], dim=1)
+        if bool(done.all()):
+            break
+    return out
+
+
+@pytest.mark.parametrize("finish_at", [3, 15, 16, 17, 40])
+def test_stop_read_every_few_tokens_returns_what_a_per_token_check_returns(finish_at):
+    """Catches the tokens generated between the last row's stop and the next read kept (a longer result),
+    the cut one position off, or finished rows not repeating their stop token."""
+    model = nano()
+    idx = torch.randint(0, 2048, (3, 4), generator=torch.Generator().manual_seed(finish_at))
+    free = model.generate(idx, 50, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    # row r stops at its token number finish[r] (or sooner, on another row's stop token)
+    finish = [finish_at, max(1, finish_at // 2), 1]
+    stops = [int(free[r, 4 + f - 1]) for r, f in enumerate(finish)]
+    expected = _generate_checking_every_token(model, idx, 50, stops, seed=0)
+    assert expected.size(1) == 4 + finish_at  # the last row stopped where planned: the cut is exercised
+    assert torch.isin(expected[:, -1], torch.tensor(stops)).all()  # every row ends on a stop token
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(0)
+        got = model.generate(idx, 50, temperature=1.0, stop_tokens=stops, use_cache=use_cache, generator=g)
+        assert torch.equal(got, expected)
+
+
+class _HostReads:
+    """Counts tensor -> Python conversions (int, bool, float, .item()): each one waits for a GPU."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        for name in ("__int__", "__bool__", "__float__", "item"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *a, _original=original, **k):
+                self.n += 1
+                return _original(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_reads_the_device_a_fixed_number_of_times_not_once_per_token(monkeypatch, use_cache):
+    """Catches the vocabulary check run on every generated token, or the stop test read after each one:
+    either makes host reads grow with the number of new tokens (a GPU sync per token)."""
+    model = nano()
+    idx = torch.randint(0, 2048, (2, 3))
+    reads = _HostReads(monkeypatch)
+    counts = {}
+    for n in (16, 48):
+        reads.n = 0
+        out = model.generate(idx, n, stop_tokens=[2048 - 1], use_cache=use_cache)
+        if out.size(1) < 3 + n:
+            pytest.skip("a row produced the stop token; the count below assumes none does")
+        counts[n] = reads.n
+    # the prompt's check and the final stop test, plus one stop read per STOP_CHECK_EVERY (16) tokens
+    assert counts[48] - counts[16] == 2
+
+
+def test_generated_ids_skip_the_vocabulary_check(monkeypatch):
+    """Catches embed() (which checks ids against the vocabulary) called on generated tokens: once per call."""
+    model = nano()
+    calls = []
+    original = GPT.embed
+    monkeypatch.setattr(GPT, "embed", lambda self, idx: calls.append(idx.shape) or original(self, idx))
+    for use_cache in (True, False):
+        calls.clear()
+        model.generate(torch.randint(0, 2048, (1, 5)), 20, use_cache=use_cache)
+        assert calls == [torch.Size([1, 5])]
