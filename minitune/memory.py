@@ -92,17 +92,22 @@ def step_bytes() -> int:
     return 8 if torch.get_default_dtype() == torch.float64 else 4
 
 
-def memory_formula(model: nn.Module, bytes_per_param: int = 4) -> dict[str, int]:
-    """Predicted bytes: weights P_total b, gradients P_trainable b, optimizer 2 P_trainable b + steps."""
+def memory_formula(model: nn.Module, bytes_per_param: int | None = 4) -> dict[str, int]:
+    """Predicted bytes: weights P_total b, gradients P_trainable b, optimizer 2 P_trainable b + steps.
+
+    `bytes_per_param=None` takes b from each tensor's own dtype (a bf16 frozen base beside fp32 LoRA factors).
+    """
+    def nbytes(p: torch.Tensor) -> int:
+        return p.numel() * (p.element_size() if bytes_per_param is None else bytes_per_param)
+
     params = list(model.parameters())
-    total = sum(p.numel() for p in params)
     trainable = [p for p in params if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
+    trainable_bytes = sum(nbytes(p) for p in trainable)  # a gradient and AdamW's moments take p's dtype
     steps = len(trainable) * step_bytes()  # one scalar `step` per trainable tensor
     out = {
-        "weights": total * bytes_per_param,
-        "gradients": n_trainable * bytes_per_param,
-        "optimizer": 2 * n_trainable * bytes_per_param + steps,
+        "weights": sum(nbytes(p) for p in params),
+        "gradients": trainable_bytes,
+        "optimizer": 2 * trainable_bytes + steps,
         "optimizer_step": steps,
     }
     out["total"] = out["weights"] + out["gradients"] + out["optimizer"]

@@ -15,6 +15,12 @@ The layer keeps the plain layer's `weight` and `bias` names, so a base checkpoin
 model unchanged and the trainable part is exactly the `lora_` tensors. W + s B A is never formed while
 training (that would cost a full out x in matrix per step); `merge` folds it into W once for inference,
 and `unmerge` takes it out again. Both use the one formula `delta_weight`.
+
+`LoRAConfig(base_dtype="bfloat16")` holds the whole frozen base in bf16, A and B in float32 (as PEFT over
+a bf16 base). GPU autocast re-casts a frozen float32 weight in every forward pass (it caches casts only
+of weights that train); a bf16 base is cast once and takes half the memory. Off autocast (the CPU) the
+activations run in bf16 too; the side path casts its input to A's dtype and its output back. Merging
+into a bf16 weight rounds it, so `unmerge` restores W only to bf16 precision.
 """
 
 from __future__ import annotations
@@ -71,6 +77,12 @@ class LoRAConfig(LowRankConfig):
 
     name: ClassVar[str] = "lora"
     default_lr: ClassVar[float] = 3e-3
+    base_dtype: str | None = None  # "bfloat16": hold the frozen base in bf16 (None: as it was loaded)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.base_dtype not in (None, "bfloat16"):
+            raise ConfigError(f"LoRAConfig.base_dtype must be None or 'bfloat16', got {self.base_dtype!r}")
 
 
 class LoRALinear(nn.Module):
@@ -119,7 +131,9 @@ class LoRALinear(nn.Module):
             return y
         # (..., in) -> (..., r) -> (..., out): two thin matmuls beside the frozen one. The scale goes on
         # the small B (out x r), not on the (..., out) activations: one less pass over a big tensor.
-        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B * self.scaling)
+        # The casts are no-ops unless the base is held in another dtype than A and B (base_dtype).
+        x = self.lora_dropout(x.to(self.lora_A.dtype))
+        return y + F.linear(F.linear(x, self.lora_A), self.lora_B * self.scaling).to(y.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -184,6 +198,17 @@ def apply(model: nn.Module, config: LowRankConfig, layer_class: type[LoRALinear]
         parent_name, _, child = name.rpartition(".")
         wrapped = layer_class(layer, config.r, config.scaling, config.dropout, config.init).train(layer.training)
         setattr(model.get_submodule(parent_name), child, wrapped)
+    if getattr(config, "base_dtype", None) is not None:  # LoRAConfig's option; DoRA and QLoRA have none
+        hold_frozen_in(model, getattr(torch, config.base_dtype))
+    return model
+
+
+@torch.no_grad()
+def hold_frozen_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Store every frozen floating-point parameter in `dtype`, in place (tied weights stay one Parameter)."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            p.data = p.data.to(dtype)
     return model
 
 
