@@ -269,3 +269,25 @@ def test_the_gpu_plan_runs_end_to_end_on_the_cpu_at_nano_size(monkeypatch):
     assert result["settings"]["matmul_dtype"] == "bfloat16"
     assert "LoRA (bf16 base) step time / full step time" in {t["name"] for t in result["targets"]}
     assert format_report(result) and format_markdown(result)
+
+
+def test_the_hugging_face_reference_is_the_same_shape_and_is_compared_with_the_same_work():
+    """Catches a reference model of another shape (a context or width off), or a speedup taken against
+    the wrong minitune case (LoRA's step against full fine-tuning's, a generation of another length)."""
+    from minitune.bench.reference import hf_model
+    from minitune.bench.run import run_bench
+
+    for name in ("nano", "gpt2"):
+        with torch.device("meta"):
+            assert sum(p.numel() for p in hf_model(SIZES[name]).parameters()) == count_parameters(SIZES[name])
+    result = run_bench(quick=True, device="cpu", progress=False, reference="hf")
+    ref = {r["case"]: r for r in result["reference"]}
+    train = {r["strategy"]: r["ms_per_step"] / 1000 for r in result["training"]}
+    gen = {r["case"]: r["seconds"] for r in result["generation"]}
+    assert {k: r["minitune_seconds"] for k, r in ref.items()} == \
+        {"hf full": train["full"], "hf+peft lora": train["lora"], "hf generation": gen["with KV cache"]}
+    for r in ref.values():
+        assert r["speedup"] == pytest.approx(r["seconds"] / r["minitune_seconds"])
+    names = {t["name"]: t for t in result["targets"]}
+    assert names["generation tok/s / Hugging Face's"]["value"] == pytest.approx(ref["hf generation"]["speedup"])
+    assert names["full step time / Hugging Face's"]["value"] == pytest.approx(1 / ref["hf full"]["speedup"])

@@ -6,6 +6,7 @@
     run.py      one run: build the cases, time them, collect the results, check the targets
     report.py   the results as aligned text, Markdown, and files (bench.json, bench.md, bench.txt)
     profile.py  torch.profiler over a few training steps: time by kind of op
+    reference.py  the same work on Hugging Face's GPT-2 and PEFT's LoRA (`--reference hf`)
 
 Targets (checked on the largest size run, printed as met / NOT MET, never tuned to pass). On the CPU:
 LoRA step <= 0.72 x full; LoRA optimizer and gradient bytes <= 2% of full; merged LoRA forward within
@@ -61,6 +62,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--profile", action="store_true",
                    help="afterwards, profile the training steps of full fine-tuning and LoRA on the largest size")
+    p.add_argument("--reference", choices=["hf"], default=None,
+                   help="also time Hugging Face's GPT-2 and PEFT's LoRA on the largest size (needs transformers, peft)")
     p.set_defaults(handler=handle)
     return p
 
@@ -68,7 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args: argparse.Namespace) -> dict:
     """Run the bench the flags describe, print the tables, and write the files asked for."""
     result = run_bench(sizes=args.sizes, rounds=args.rounds, batch_size=args.batch_size, device=args.device,
-                       quick=args.quick)
+                       quick=args.quick, reference=getattr(args, "reference", None))
     print(format_report(result), flush=True)
     profile_text = None
     if getattr(args, "profile", False):

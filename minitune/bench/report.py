@@ -62,6 +62,12 @@ def sections(result: dict) -> list[tuple[str, list[str], list[list[str]], int]]:
                 f"median of {g0['runs']} runs)", ["size", "case", "new tokens", "seconds", "tokens/s"],
                 [[r["size"], r["case"], str(r["new_tokens"]), f"{r['seconds']:.3f}", f"{r['tokens_per_s']:,.1f}"]
                  for r in result["generation"]], 2))
+    if result.get("reference"):
+        out.append(("REFERENCE (Hugging Face transformers' GPT-2, PEFT's LoRA: the same shape and work, timed in "
+                    "the same rounds; speedup = its time / minitune's)",
+                    ["size", "case", "seconds", "minitune case", "minitune seconds", "speedup"],
+                    [[r["size"], r["case"], f"{r['seconds']:.4f}", r["minitune_case"], f"{r['minitune_seconds']:.4f}",
+                      f"{r['speedup']:.2f}x"] for r in result["reference"]], 2))
     out.append((f"TARGETS (on {result['settings']['target_size']})", ["target", "size", "measured", "target", "result"],
                 [[t["name"], t["size"], f"{t['value']:.3f}", f"{t['op']} {t['limit']:g}",
                   "met" if t["met"] else "NOT MET"] for t in result["targets"]], 2))

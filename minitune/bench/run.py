@@ -11,6 +11,7 @@ import torch
 
 from minitune.bench.cases import (PROMPT_TOKENS, STRATEGY_NOTES, build_models, generation_case, inference_case,
                                   inference_models, matmul_case, random_batch, training_case)
+from minitune.bench.reference import COUNTERPARTS, hf_generation_case, hf_training_cases
 from minitune.bench.sizes import SIZES, BenchPlan, bench_sizes, flop_counts, flops_per_token, mfu
 from minitune.bench.timing import Case, machine_info, run_interleaved
 from minitune.errors import ConfigError
@@ -44,8 +45,13 @@ def plan_for(device: torch.device, sizes=None, batch_size: int | None = None, qu
 
 def run_bench(sizes: str | list[str] | tuple[str, ...] | None = None, rounds: int = 5,
               batch_size: int | None = None, device: str = "auto", quick: bool = False,
-              progress: bool = True) -> dict:
-    """Run every case interleaved and return the results (machine, settings, sections, targets)."""
+              progress: bool = True, reference: str | None = None) -> dict:
+    """Run every case interleaved and return the results (machine, settings, sections, targets).
+
+    reference="hf" adds Hugging Face's GPT-2 (and PEFT's LoRA) on the largest size, timed in the same rounds.
+    """
+    if reference not in (None, "hf"):
+        raise ConfigError(f"unknown reference {reference!r}; the one known is 'hf'")
     dev = resolve_device(device)
     rounds = min(rounds, 2) if quick else rounds
     if rounds < 1:
@@ -75,6 +81,10 @@ def run_bench(sizes: str | list[str] | tuple[str, ...] | None = None, rounds: in
     cases += [generation_case(largest, gen_model, c, dev) for c in (True, False)]
     if plan.generation_tokens:
         cases.append(generation_case(largest, gen_model, True, dev, plan.generation_tokens))
+    if reference == "hf":
+        cases += hf_training_cases(largest, SIZES[largest], plan.batch_size, dev)
+        cases.append(hf_generation_case(largest, SIZES[largest], dev,
+                                        plan.generation_tokens or SIZES[largest].block_size - PROMPT_TOKENS))
     cases += [matmul_case(n, dev, plan.matmul_dtype) for n in plan.matmul_sizes]
 
     log(f"{len(cases)} cases, {rounds} rounds")
@@ -117,11 +127,18 @@ def collect(cases: list[Case], memory: list[dict], train_models: dict, plan: Ben
                               "rounds_ms": [1000 * t for t in c.times]})
     full_context = SIZES[largest].block_size - PROMPT_TOKENS
     generation = []
-    for c in (c for c in cases if c.section == "generation"):
+    for c in (c for c in cases if c.section == "generation" and not c.name.startswith("hf ")):
         new = plan.generation_tokens if c.name.endswith(" new") else full_context
         generation.append({"size": largest, "case": c.name, "prompt_tokens": PROMPT_TOKENS, "new_tokens": new,
                            "seconds": c.median, "tokens_per_s": new / c.median, "runs": len(c.times),
                            "rounds_s": c.times})
+    # a reference case against minitune's same work: speedup = its time / minitune's
+    pairs = {**COUNTERPARTS, "hf generation": "with KV cache" + (f", {plan.generation_tokens} new"
+                                                                 if plan.generation_tokens else "")}
+    reference = [{"size": largest, "case": c.name, "seconds": c.median, "rounds_s": c.times,
+                  "minitune_case": pairs[c.name], "minitune_seconds": by[(c.section, largest, pairs[c.name])].median,
+                  "speedup": c.median / by[(c.section, largest, pairs[c.name])].median}
+                 for c in cases if c.name in pairs]
     settings = {"sizes": list(plan.sizes), "rounds": rounds, "batch_size": plan.batch_size, "batch_note": plan.note,
                 "quick": quick, "target_size": largest, "device_type": dev.type,
                 "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
@@ -129,7 +146,8 @@ def collect(cases: list[Case], memory: list[dict], train_models: dict, plan: Ben
                 "strategies": {k: STRATEGY_NOTES[k] for k in plan.strategies},
                 "model_configs": {s: SIZES[s].to_dict() for s in plan.sizes}}
     return {"settings": settings, "matmul": {"peak_flops_per_s": peak, "sizes": matmul},
-            "training": training, "memory": memory, "inference": inference, "generation": generation}
+            "training": training, "memory": memory, "inference": inference, "generation": generation,
+            **({"reference": reference} if reference else {})}
 
 
 # The course's claims as ratios on the largest size; on a GPU, the speed an H100 should reach at GPT-2's
@@ -166,6 +184,12 @@ def check_targets(result: dict) -> list[dict]:
                gen["with KV cache"]["tokens_per_s"] / gen["without cache"]["tokens_per_s"], ">=", 5.0),
         target("full fine-tuning MFU", train["full"]["mfu"], ">=", limits["mfu"]),
     ]
+    ref = {r["case"]: r for r in result.get("reference", [])}
+    if "hf full" in ref:  # minitune ahead of Hugging Face: time ratios below 1, generation at least 2x on a GPU
+        out += [target("full step time / Hugging Face's", 1 / ref["hf full"]["speedup"], "<=", 1.0),
+                target("LoRA step time / Hugging Face + PEFT's", 1 / ref["hf+peft lora"]["speedup"], "<=", 1.0),
+                target("generation tok/s / Hugging Face's", ref["hf generation"]["speedup"], ">=",
+                       2.0 if gpu else 1.0)]
     accelerator = result.get("machine", {}).get("accelerator", "")
     if gpu and "H100" in accelerator and s == "gpt2" and st["batch_size"] == 8:
         out.append(target("full step ms (H100, 8 x 1024)", train["full"]["ms_per_step"], "<=",
