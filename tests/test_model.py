@@ -246,3 +246,26 @@ def test_generated_ids_skip_the_vocabulary_check(monkeypatch):
         calls.clear()
         model.generate(torch.randint(0, 2048, (1, 5)), 20, use_cache=use_cache)
         assert calls == [torch.Size([1, 5])]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_generation_on_a_gpu_synchronises_a_fixed_number_of_times():
+    """What the host-read count stands in for, measured by CUDA itself: a sync inside an op (a hidden
+    .item(), a data-dependent shape) would make the count grow with the number of new tokens."""
+    import warnings
+
+    model = nano().cuda()
+    idx = torch.randint(0, 2048, (2, 3), device="cuda")
+    counts = {}
+    for n in (16, 48):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out = model.generate(idx, n, stop_tokens=[2048 - 1])
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        if out.size(1) < 3 + n:
+            pytest.skip("a row produced the stop token; the count below assumes none does")
+        counts[n] = sum("synchroniz" in str(w.message) for w in caught)
+    assert counts[48] - counts[16] == 2
