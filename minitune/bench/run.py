@@ -63,6 +63,8 @@ def run_bench(sizes: str | list[str] | tuple[str, ...] | None = None, rounds: in
     torch.manual_seed(0)
     bases = {s: GPT(SIZES[s]) for s in plan.sizes}
     largest = max(plan.sizes, key=lambda s: bases[s].num_parameters())
+    if (plan.generation_tokens or 0) >= SIZES[largest].block_size - PROMPT_TOKENS:  # the full-context run is it
+        plan = dataclasses.replace(plan, generation_tokens=None)
 
     log("measuring bytes of training state")
     memory, cases, train_models = [], [], {}
