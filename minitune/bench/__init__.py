@@ -14,24 +14,25 @@ LoRA step <= 0.72 x full; LoRA optimizer and gradient bytes <= 2% of full; merge
 >= 75%. On a GPU, at GPT-2's 124M shape: LoRA step <= 0.70 x full (with a float32 base and with a bf16
 one); full fine-tuning MFU >= 25%; on an H100 at 8 x 1024, a full step <= 42 ms; the rest as on the CPU.
 
-What bounds each case, and how to see it (`--profile` prints the time by kind of op):
+What bounds each case. On the CPU, as `--profile` measured it (large size, one thread); on a GPU, what to
+expect until a GPU run's `--profile` confirms or corrects it:
 
 - Training step, full fine-tuning: the matmuls (6N FLOPs per token). On the CPU at the large size they
-  run near the matmul reference, so MFU is high; attention, GELU and the loss are most of the rest. On a
-  GPU the matmuls run near the bf16 peak and everything else is memory-bound: LayerNorm, GELU, residual
-  adds, autocast's casts, the float32 logits and the cross-entropy over 50,257 words, AdamW. That
-  remainder is what MFU below the reference measures.
+  run near the matmul reference and take most of the step; attention (SDPA), GELU and the loss are most
+  of the rest. On a GPU the matmuls should run near the bf16 peak, leaving the memory-bound work
+  (LayerNorm, GELU, residual adds, autocast's casts, the float32 logits and the cross-entropy over 50,257
+  words, AdamW) as what keeps MFU below the reference.
 - Training step, LoRA: the forward pass and the gradients with respect to every layer's input (4N), but
-  no weight gradient for a frozen layer and no optimizer state. What it cannot skip, it shares with full
-  fine-tuning: attention, GELU, the loss, the casts; those set how far above 4N/6N its time ratio sits.
-  Its own extra is the thin r-wide matmuls, which run far below the reference. A bf16 base removes the
-  cast of every frozen weight that autocast otherwise repeats in each forward pass.
-- Forward at batch 1: matmul-bound at the larger sizes on the CPU; on a GPU, a few thousand tokens per
-  pass leave it bound by kernel launches, which is why merged and unmerged LoRA differ by their extra
-  launches rather than their FLOPs.
-- Generation at batch 1: each cached token is matrix-vector work, bound by reading the weights on the CPU
-  and by kernel launches on a GPU; a host read per token (a sync) would cost more than the token's
-  arithmetic, so `GPT.generate` makes none. Without the cache each token re-runs the whole prefix.
+  no weight gradient for a frozen layer and no optimizer state. On the CPU its matmul time is that of a
+  step with gradients for the input alone (a frozen base); what keeps its time ratio above 4N/6N is the
+  work it shares with full fine-tuning (attention, GELU, the loss), and its own thin r-wide matmuls,
+  which run far below the reference, add little. On a GPU a bf16 base also removes the cast of every
+  frozen weight that autocast otherwise repeats in each forward pass.
+- Forward at batch 1: matmul-bound at the larger sizes on the CPU; on a GPU a pass of one sequence is
+  expected to be bound by kernel launches, so unmerged LoRA would cost its extra launches, not its FLOPs.
+- Generation at batch 1: each cached token is matrix-vector work (weight reads, per-op overhead) on the
+  CPU, and kernel launches on a GPU, where a host read per token (a sync) would cost more than the
+  token's arithmetic: `GPT.generate` makes none. Without the cache each token re-runs the whole prefix.
 """
 
 from __future__ import annotations
