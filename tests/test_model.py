@@ -30,15 +30,31 @@ def test_shapes_and_gpt2_names():
     assert model.transformer.h[0].attn.c_attn.weight.shape == (3 * 32, 32)
 
 
-def test_future_tokens_never_change_earlier_logits():
+@pytest.mark.parametrize("T,cut", [(20, 12), (2, 1)])  # T = 2: the shortest input that needs the mask
+def test_future_tokens_never_change_earlier_logits(T, cut):
     model = nano()
-    idx = torch.randint(0, 2048, (2, 20))
+    idx = torch.randint(0, 2048, (2, T))
     logits, _ = model(idx)
     changed = idx.clone()
-    changed[:, 12:] = torch.randint(0, 2048, (2, 8))
+    changed[:, cut:] = (idx[:, cut:] + 1 + torch.randint(0, 2046, (2, T - cut))) % 2048
     logits2, _ = model(changed)
-    assert torch.equal(logits[:, :12], logits2[:, :12])
-    assert not torch.allclose(logits[:, 12:], logits2[:, 12:])
+    assert torch.equal(logits[:, :cut], logits2[:, :cut])
+    assert not torch.allclose(logits[:, cut:], logits2[:, cut:])
+
+
+def test_attention_dropout_acts_in_training_only():
+    """Catches attention dropout dropped from training or left on in eval (the other dropouts are set to 0,
+    so only attention's can make two passes differ)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.5))
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    idx = torch.randint(0, 64, (2, 10))
+    model.train()
+    assert not torch.equal(model(idx)[0], model(idx)[0])
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
 
 
 @settings(max_examples=25, deadline=None)
@@ -122,10 +138,10 @@ def test_bad_config_and_inputs_raise_clear_errors():
     with pytest.raises(ConfigError, match="n_layer"):
         GPTConfig(n_layer=0)
     model = nano()
-    with pytest.raises(ConfigError, match="longer than block_size"):
+    with pytest.raises(ConfigError, match=f"sequence of {PRESETS['nano']['block_size'] + 1} tokens is longer"):
         model(torch.zeros(1, PRESETS["nano"]["block_size"] + 1, dtype=torch.long))
     with pytest.raises(ConfigError, match=r"token id 2048 is outside the vocabulary.*\[0, 2047\]"):
-        model(torch.tensor([[1, 2048]]))
+        model(torch.tensor([[0, 1, 2048]]))  # names the bad id, not the valid 0 before it
     with pytest.raises(ConfigError, match="outside the vocabulary"):
         model(torch.tensor([[-1]]))
     with pytest.raises(ConfigError, match="prompt of"):

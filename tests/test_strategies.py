@@ -446,6 +446,7 @@ def test_prompt_tuning_generation_and_shorter_context():
     out = model.generate(x, 100)
     assert out.shape == (1, 32 - 6)  # the context is full with the prompt in place
     assert torch.equal(out, model.generate(x, 100, use_cache=False))
+    assert torch.equal(model.generate(x, 100, stop_tokens={int(out[0, 5])}), out[:, :6])  # settings reach generate
     with pytest.raises(ConfigError, match="usable context is 26"):
         model(ids(T=27))
 
@@ -566,6 +567,13 @@ def test_a_file_is_refused_on_a_base_with_other_weights_unless_asked(tmp_path):
 def test_bad_configs(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_an_unknown_strategy_name_lists_the_known_ones():
+    from minitune.strategies import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"unknown strategy 'lorra'; known: \['adapter', 'dora'"):
+        config_from_dict("lorra", {})
 
 
 def test_bad_applications():
