@@ -35,7 +35,8 @@ def random_hf_gpt2(vocab: int, context: int, layers: int, heads: int, width: int
 
     torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=vocab, n_positions=context, n_embd=width, n_layer=layers,
-                                     n_head=heads, bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+                                     n_head=heads, bos_token_id=vocab - 1, eos_token_id=vocab - 1,
+                                     layer_norm_epsilon=1e-3)  # not the default: a dropped epsilon shows
     model = transformers.GPT2LMHeadModel(config)
     with torch.no_grad():
         for p in model.parameters():

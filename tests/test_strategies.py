@@ -569,6 +569,20 @@ def test_bad_configs(make, match):
         make()
 
 
+def test_a_damaged_or_strategyless_save_is_refused(tmp_path):
+    """Catches the checksum written or read under another key (a damaged file would load), and a model
+    without a strategy failing with an AttributeError instead of saying what to do."""
+    with pytest.raises(ConfigError, match="no strategy applied"):
+        save_trainable(base(), tmp_path / "none")
+    save_trainable(apply_strategy(base(), LoRAConfig(r=2)), tmp_path)
+    weights = tmp_path / "trainable.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit pattern in the last tensor's bytes
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_trainable(base(), tmp_path)
+
+
 def test_an_unknown_strategy_name_lists_the_known_ones():
     from minitune.strategies import config_from_dict
 
@@ -623,7 +637,7 @@ def test_load_onto_a_different_base_is_refused_and_leaves_the_model_unchanged(tm
     save_trainable(apply_strategy(base(), LoRAConfig(r=2)), tmp_path / "lora")
     other = base(n_embd=32)
     before = copy.deepcopy(other.state_dict())
-    with pytest.raises(CheckpointError, match="another base.*n_embd"):
+    with pytest.raises(CheckpointError, match=r"another base.*'n_embd': \(16, 32\)"):
         load_trainable(other, tmp_path / "lora")
     # same config, tampered tensors: a shape mismatch names the tensor
     from minitune.checkpoint import load_tensors, save_tensors, sha256_file
@@ -636,7 +650,7 @@ def test_load_onto_a_different_base_is_refused_and_leaves_the_model_unchanged(tm
     (tmp_path / "lora" / "strategy.json").write_text(json.dumps(meta))
     fresh = base()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    with pytest.raises(CheckpointError, match=f"wrong shapes.*{name}"):
+    with pytest.raises(CheckpointError, match=f"trainable.safetensors does not fit.*wrong shapes.*{name}"):
         load_trainable(fresh, tmp_path / "lora")
     assert getattr(fresh, "strategy", None) is None
     assert not lora_layers(fresh)
