@@ -583,6 +583,17 @@ def test_a_damaged_or_strategyless_save_is_refused(tmp_path):
         load_trainable(base(), tmp_path)
 
 
+def test_a_config_file_holding_no_strategy_and_an_unknown_config_are_named(tmp_path):
+    """Catches the error that says which file holds no valid strategy, or which config type is unknown, lost."""
+    save_trainable(apply_strategy(base(), LoRAConfig(r=2)), tmp_path)
+    meta = json.loads((tmp_path / "strategy.json").read_text())
+    (tmp_path / "strategy.json").write_text(json.dumps({**meta, "config": {"rank": 2}}))
+    with pytest.raises(CheckpointError, match=r"strategy.json holds no valid strategy"):
+        load_trainable(base(), tmp_path)
+    with pytest.raises(ConfigError, match="unknown strategy config object; use one of"):
+        apply_strategy(base(), object())
+
+
 def test_an_unknown_strategy_name_lists_the_known_ones():
     from minitune.strategies import config_from_dict
 
@@ -637,8 +648,9 @@ def test_load_onto_a_different_base_is_refused_and_leaves_the_model_unchanged(tm
     save_trainable(apply_strategy(base(), LoRAConfig(r=2)), tmp_path / "lora")
     other = base(n_embd=32)
     before = copy.deepcopy(other.state_dict())
-    with pytest.raises(CheckpointError, match=r"another base.*'n_embd': \(16, 32\)"):
+    with pytest.raises(CheckpointError, match=r"another base.*'n_embd': \(16, 32\)") as refused:
         load_trainable(other, tmp_path / "lora")
+    assert "vocab_size" not in str(refused.value)  # only the fields that differ are listed
     # same config, tampered tensors: a shape mismatch names the tensor
     from minitune.checkpoint import load_tensors, save_tensors, sha256_file
     t = load_tensors(tmp_path / "lora" / "trainable.safetensors")
