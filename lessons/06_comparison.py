@@ -1,6 +1,8 @@
 """Lesson 6: Choosing a strategy
 
 What this lesson shows, by measuring it on your machine:
+  0. each strategy's learning rate, as the recorded sweeps (`minitune sweep`, on the validation split,
+     3 seeds per rate) chose it; every lesson trains at these defaults unless it studies the rate;
   1. every strategy (full fine-tuning, LoRA, bottleneck adapters, prompt tuning) on every task
      (sentiment, topic, summarization, question answering, code), from one base with one budget of
      steps: the test score in each task's own metric;
@@ -63,6 +65,7 @@ from minitune.lesson import Lesson, held_out_text, perplexity, strategy_costs
 from minitune.memory import file_size, human_bytes, tensor_bytes
 from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
                                  base_unchanged, load_trainable, trainable_state)
+from minitune.sweep import recorded_choices, recorded_sweeps, table_rows
 
 TASKS = HEADLINE_METRIC
 STRATEGIES = [FullConfig(), LoRAConfig(r=8, targets=("c_attn", "c_fc")), AdapterConfig(bottleneck=16),
@@ -327,8 +330,21 @@ def _tradeoff(ax, rows: list[dict]) -> None:
     ax.set_title("Quality vs trainable share (label: file per task)")
 
 
+def learning_rates(lesson: Lesson) -> None:
+    lesson.section("0. Each strategy's learning rate, chosen on the validation split")
+    for record in recorded_sweeps():  # shipped with the package; `minitune sweep` runs one again
+        lesson.table(f"Learning-rate sweep: {record['settings']['steps']} steps, seeds {record['settings']['seeds']}, "
+                     f"validation split only (`{record['command']}`)", table_rows(record))
+    chosen = recorded_choices()
+    full = chosen["full"]["classification"]
+    lesson.conclude("Defaults the package uses, as the recorded sweeps chose them: " + ", ".join(
+        f"{name} {sorted(set(by.values()))[0]:g}" for name, by in chosen.items()) + f"; LoRA's is "
+        f"{chosen['lora']['classification'] / full:g} times full fine-tuning's.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     lesson = Lesson.start(6, "Choosing a strategy", __doc__, argv)
+    learning_rates(lesson)
     general, eval_batches = general_text(lesson), lesson.size(4, 8)
     base, enc = lesson.load_base()
     base_ppl = perplexity(base, enc, general, lesson.device, max_batches=eval_batches)

@@ -264,6 +264,23 @@ def read_sweep(path: str | Path | None = None) -> dict:
     return read_json(path / SWEEP_JSON if path.is_dir() or path.suffix != ".json" else path)
 
 
+RECORDED = Path(__file__).parent / "assets" / "sweep"  # the sweeps the package defaults come from
+
+
+def recorded_sweeps() -> list[dict]:
+    """The sweeps shipped with the package, oldest first (a later one re-examines some of an earlier one's)."""
+    return [read_json(path) for path in sorted(RECORDED.glob("*.json"))]
+
+
+def recorded_choices() -> dict[str, dict[str, float]]:
+    """strategy -> {family: chosen learning rate}, the latest recorded sweep of each strategy winning."""
+    chosen: dict[str, dict[str, float]] = {}
+    for record in recorded_sweeps():
+        for (family, strategy), lr in choices(record).items():
+            chosen.setdefault(strategy, {})[family] = lr
+    return chosen
+
+
 def table_rows(record: dict) -> list[dict]:
     """One row per family, strategy and rate: validation loss and metric as Cells, and what was chosen."""
     rows = []
@@ -275,7 +292,7 @@ def table_rows(record: dict) -> list[dict]:
                                      ("at the grid's edge", lr == res["chosen"] and res["edge"])) if on]
             if cell["diverged"]:
                 marks.append(f"diverged {cell['diverged']}/{cell['seeds']}")
-            rows.append({"family": res["family"], "task": res["task"], "strategy": res["strategy"], "lr": lr,
+            rows.append({"family": res["family"], "task": res["task"], "strategy": res["strategy"], "lr": f"{lr:g}",
                          "validation loss": _cell(cell.get("val_loss")), "metric": res["metric"],
                          "validation score": _cell(cell.get(res["metric"])), "note": ", ".join(marks)})
     return rows
@@ -325,5 +342,5 @@ def changes(record: dict) -> list[str]:
             for r in record["results"] if r["changed"]]
 
 
-__all__ = ["FAMILIES", "SweepSettings", "changes", "choices", "choose", "grid", "markdown", "read_sweep",
-           "run_sweep", "table_rows"]
+__all__ = ["FAMILIES", "RECORDED", "SweepSettings", "changes", "choices", "choose", "grid", "markdown", "read_sweep",
+           "recorded_choices", "recorded_sweeps", "run_sweep", "table_rows"]

@@ -125,3 +125,15 @@ def test_the_same_command_gives_the_same_numbers(nano_run, tmp_path):
     key = lambda r: (r["strategy"], r["lr"], r["seed"], r["val_loss"], r["accuracy"])  # noqa: E731
     assert [key(r) for r in first["runs"]] == [key(r) for r in second["runs"]]
     assert len({r["val_loss"] for r in first["runs"] if r["strategy"] == "lora"}) > 1  # seeds and rates matter
+
+
+def test_the_package_defaults_are_the_recorded_sweeps_choices():
+    """Catches a default learning rate set by hand, with no recorded validation sweep behind it; and a
+    strategy whose two task families want different rates while the package keeps one."""
+    from minitune.strategies import STRATEGIES
+    from minitune.sweep import recorded_choices
+
+    chosen = recorded_choices()
+    assert {"full", "lora", "adapter", "prompt"} <= set(chosen)
+    for name, by_family in chosen.items():
+        assert set(by_family.values()) == {STRATEGIES[name][0].default_lr}, (name, by_family)
