@@ -132,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
     pre.set_defaults(handler=_pretrain)
 
     ft = sub.add_parser("finetune", help="fine-tune a base on a task with one strategy")
-    ft.add_argument("--base", default=None, help="base run folder (default: runs/base-tiny, pretrained if missing)")
+    ft.add_argument("--base", default=None, help="base run folder or GPT-2 checkpoint (default: the tiny base shipped with the package)")
     _task_args(ft)
     ft.add_argument("--strategy", default="lora",
                     choices=["full", "lora", "adapter", "prompt", "dora", "ia3", "prefix", "qlora"])

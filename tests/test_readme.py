@@ -1,7 +1,6 @@
 """The code the README shows runs."""
 
 import re
-import shutil
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -11,9 +10,8 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_python_runs(nano_run, tmp_path, monkeypatch, capsys):
-    # load_base() with no path opens runs/base-tiny; a nano base stands in for it here, to keep this fast
-    shutil.copytree(nano_run, tmp_path / "base-tiny")
+def test_readme_python_runs(tmp_path, monkeypatch, capsys):
+    # load_base() with no path opens the tiny base shipped with the package; nothing is written to runs/
     monkeypatch.setenv("MINITUNE_RUNS", str(tmp_path))
     blocks = python_blocks()
     assert blocks
