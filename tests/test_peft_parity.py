@@ -42,6 +42,15 @@ def peft_tensors(peft_model) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+def share_perturbed(theirs: dict[str, torch.Tensor], mine: dict[str, torch.Tensor]) -> None:
+    """Move every trainable tensor of PEFT's off its start, then give ours the same values, name by name."""
+    assert set(theirs) == set(mine)
+    with torch.no_grad():
+        for name, p in theirs.items():
+            p.add_(torch.randn_like(p) * 0.3)
+            mine[name].copy_(p)
+
+
 def report(method: str, ours: torch.Tensor, theirs: torch.Tensor, base: torch.Tensor) -> float:
     """Max |logit difference| to PEFT, printed; the update must have moved PEFT's logits off the base's."""
     diff = (ours - theirs).abs().max().item()
@@ -65,10 +74,7 @@ def test_dora_matches_peft_use_dora(tmp_path):
     for name in mine:  # PEFT computed its magnitude from its Conv1D weights; ours from nn.Linear's
         if name.endswith("lora_magnitude"):
             assert torch.allclose(mine[name], renamed[name], atol=1e-6), name
-    with torch.no_grad():
-        for name, p in renamed.items():
-            p.add_(torch.randn_like(p) * 0.3)
-            mine[name].copy_(p)
+    share_perturbed(renamed, mine)
     x = ids()
     with torch.no_grad():
         theirs_logits = theirs(x).logits
@@ -114,11 +120,7 @@ def _prefix_parity(tmp_path, hidden: int):
     renamed = {n.replace("prompt_encoder", "prefix").replace("transform", "mlp"): p
                for n, p in peft_tensors(theirs).items()}
     renamed = {k if k.endswith("bias") or k.endswith("weight") else k + ".weight": v for k, v in renamed.items()}
-    assert set(renamed) == set(mine)
-    with torch.no_grad():
-        for name, p in renamed.items():
-            p.add_(torch.randn_like(p) * 0.3)
-            mine[name].copy_(p)
+    share_perturbed(renamed, mine)
     x = ids()
     with torch.no_grad():
         return ours, theirs, theirs(x).logits, x, base_logits
