@@ -115,6 +115,20 @@ def _sweep(args: argparse.Namespace) -> None:
           + ("; ".join(changed) if changed else "none"))
 
 
+def _summary(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from minitune.lesson import course_summary, update_readme
+    from minitune.pretrain import runs_dir
+
+    lessons = Path(args.lessons) if args.lessons else runs_dir() / "lessons"
+    if args.readme:
+        update_readme(args.readme, lessons)
+        print(f"wrote the lessons' summaries into {args.readme}")
+    else:
+        print(course_summary(lessons))
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="minitune", description="Fine-tuning, built by hand.")
@@ -194,6 +208,11 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--span", type=int, default=None, help="ladder rungs each side of the default (default: 1)")
     sw.add_argument("--device", default="auto")
     sw.set_defaults(handler=_sweep)
+
+    su = sub.add_parser("summary", help="the lessons' summaries (runs/lessons/NN/summary.md) as one markdown text")
+    su.add_argument("--lessons", default=None, help="folder of lesson results (default: runs/lessons)")
+    su.add_argument("--readme", default=None, help="write it into this README between its lesson markers")
+    su.set_defaults(handler=_summary)
 
     from minitune.bench import add_parser as add_bench_parser
 

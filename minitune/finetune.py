@@ -42,10 +42,11 @@ def supervised(task: Task, split: str, enc, block_size: int, batch_size: int, se
 def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | None = None,
              max_steps: int = 300, batch_size: int = 16, lr: float | None = None, seed: int = 0,
              device: str = "auto", eval_every: int = 100, quiet: bool = False, resume: bool = False,
-             checkpoint_every: int = 100):
+             checkpoint_every: int = 100, on_eval=None):
     """Apply `strategy` (a config) to the base, train it on task.train, keep the best on validation.
 
-    Returns (model, tokenizer, run folder); the model holds the best checkpoint's weights.
+    Returns (model, tokenizer, run folder); the model holds the best checkpoint's weights. `on_eval` is
+    passed to train(): numbers it returns join each evaluation's record in the run's history.
     """
     base = Path(base) if base is not None else builtin_base()  # the shipped tiny base, or runs/base-tiny
     out = Path(out) if out is not None else runs_dir() / f"{task.name}-{strategy.name}"
@@ -63,7 +64,8 @@ def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | No
         print(f"{task.name} with {strategy.name}: trainable params: {trainable:,} || all params: {total:,} "
               f"|| trainable%: {100 * trainable / total:.2f}", flush=True)
     t0 = time.perf_counter()
-    result = train(model, train_data, val_data, cfg, out_dir=out, save=save_trainable, resume=resume)
+    result = train(model, train_data, val_data, cfg, out_dir=out, save=save_trainable, resume=resume,
+                   on_eval=on_eval)
     model = load_trainable(model, out / "best")
     if distributed.is_main():
         atomic_write_json(out / RUN, {

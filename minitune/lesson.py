@@ -4,7 +4,8 @@
     lesson.table("Rank sweep", rows)              # prints an aligned table, keeps the rows
     lesson.conclude(f"... {ratio:.0%} ...")       # a sentence computed from measured numbers
     lesson.plot("rank.png", draw)                 # draw(ax) fills one matplotlib axis
-    lesson.finish()                               # runs/lessons/03/results.json with every number
+    lesson.finish()                               # runs/lessons/03/results.json with every number,
+                                                  # and summary.md, from which README's section is built
 
 Every cell a sentence compares is measured over several seeds and compared by the package's one noise
 rule (minitune.stats):
@@ -23,19 +24,23 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
+from minitune.cells import Budget, task_cell
 from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.data import pretraining_corpus, split
 from minitune.data.batches import TokenStream, encode_documents
+from minitune.errors import ConfigError
 from minitune.pretrain import load_run, runs_dir
 from minitune.stats import Cell, Comparison, differs, summarize
 from minitune.train import evaluate_loss, make_optimizer, TrainConfig, resolve_device
@@ -67,6 +72,7 @@ class Lesson:
     results: dict = field(default_factory=lambda: {"tables": {}, "conclusions": [], "numbers": {},
                                                    "comparisons": []})
     started: float = field(default_factory=time.perf_counter)
+    printed: list[str] = field(default_factory=list)  # the tables and conclusions, in order, for summary.md
 
     @classmethod
     def start(cls, number: int, title: str, doc: str | None = None, argv: list[str] | None = None) -> "Lesson":
@@ -110,6 +116,21 @@ class Lesson:
         self.results["comparisons"].append(result.to_dict())
         return result
 
+    @property
+    def budget(self) -> Budget:
+        """The standard fine-tuning budget of this mode (minitune.cells)."""
+        return Budget.for_mode(self.quick)
+
+    @cached_property
+    def general_text(self) -> list[str]:
+        """The held-out general text every lesson measures forgetting on (the same documents in each)."""
+        return held_out_text(self.size(60_000, 200_000))
+
+    def cell(self, task_name: str, config, seed: int) -> dict:
+        """`config` fine-tuned on the task with `seed` at the standard budget and scored on test, with the
+        general text's perplexity along the run: the same numbers in every lesson (minitune.cells)."""
+        return task_cell(self.base, task_name, config, seed, self.budget, self.device, general=self.general_text)
+
     def run_dir(self, name: str) -> Path:
         """A folder for one fine-tuning run of this lesson."""
         return self.out / "runs" / name
@@ -123,14 +144,16 @@ class Lesson:
         A value may be a Cell (several seeds): it prints as mean ± sd and is kept with every seed's value.
         """
         self.results["tables"][title] = plain(rows)
-        print(f"\n{title}")
-        print(format_table(rows))
+        lines = [title, format_table(rows)]
         counts = sorted({v.n for r in rows for v in r.values() if isinstance(v, Cell)})
         if counts:
             seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-            print(f"(cells with ±: mean ± sample sd over {seeds} seeds)")
+            lines.append(f"(cells with ±: mean ± sample sd over {seeds} seeds)")
         if note:
-            print(note)
+            lines.append(note)
+        text = "\n".join(lines)
+        self.printed.append(text)
+        print(f"\n{text}", flush=True)
 
     def record(self, name: str, value) -> None:
         """Keep one named number (or small structure, Cells and Comparisons included) for results.json."""
@@ -139,6 +162,7 @@ class Lesson:
     def conclude(self, sentence: str) -> None:
         """Print a conclusion (built from measured numbers by the caller) and keep it."""
         self.results["conclusions"].append(sentence)
+        self.printed.append(f"=> {sentence}")
         print(f"=> {sentence}", flush=True)
 
     def plot(self, name: str, draw, figsize=(6.4, 4.0)) -> Path:
@@ -163,8 +187,22 @@ class Lesson:
         self.results.update(lesson=self.number, title=self.title, quick=self.quick, base=str(self.base),
                             device=self.device, seconds=round(seconds, 1))
         atomic_write_json(self.out / "results.json", self.results)
+        atomic_write(self.out / "summary.md", lambda tmp: Path(tmp).write_text(self.summary(seconds)))
         print(f"\nLesson {self.number} took {seconds:.0f}s; every number above is in {self.out / 'results.json'}")
         return self.results
+
+    def summary(self, seconds: float) -> str:
+        """The lesson's tables and conclusions as markdown, with where and how long it ran (README's
+        "What the lessons show" is built from these files: `minitune summary --readme README.md`)."""
+        from minitune.sweep import machine
+
+        m = machine(self.device)
+        where = (f"{m['processor']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, device {self.device}, "
+                 f"torch {m['torch']}")
+        mode = " (--quick)" if self.quick else ""
+        body = "\n\n".join(self.printed)
+        return (f"### Lesson {self.number}: {self.title}{mode}\n\n"
+                f"Ran in {seconds:.0f} s on {where}, {time.strftime('%Y-%m-%d')}.\n\n```\n{body}\n```\n")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -330,3 +368,35 @@ def step_time_ms(model, x: torch.Tensor, y: torch.Tensor, repeats: int = 5, devi
             times.append((time.perf_counter() - t0) * 1000)
     model.eval()
     return statistics.median(times)
+
+
+# --- README's "What the lessons show", built from the lessons' own summaries ----------------------------------
+
+README_BEGIN = "<!-- lessons:begin (written by `minitune summary --readme README.md`; do not edit by hand) -->"
+README_END = "<!-- lessons:end -->"
+
+
+def course_summary(lessons_dir: str | Path) -> str:
+    """Every lesson's summary.md under lessons_dir (runs/lessons/NN/), in lesson order, and the total time."""
+    paths = sorted(Path(lessons_dir).glob("[0-9][0-9]/summary.md"))
+    if not paths:
+        raise ConfigError(f"no lesson summaries under {lessons_dir}: run the lessons first (python lessons/NN_*.py)")
+    seconds = []
+    for p in paths:
+        results = p.parent / "results.json"
+        if results.is_file():
+            seconds.append(json.loads(results.read_text()).get("seconds", 0.0))
+    total = f"The {len(paths)} lessons took {sum(seconds) / 60:.0f} minutes in all.\n\n" if seconds else ""
+    return total + "\n".join(p.read_text() for p in paths)
+
+
+def update_readme(readme: str | Path, lessons_dir: str | Path) -> None:
+    """Replace the text between README's lesson markers with course_summary(lessons_dir)."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(README_END):
+        raise ConfigError(f"{readme} needs one {README_BEGIN!r} line followed by one {README_END!r} line")
+    head, rest = text.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    new = f"{head}{README_BEGIN}\n{course_summary(lessons_dir)}{README_END}{tail}"
+    atomic_write(readme, lambda tmp: Path(tmp).write_text(new))

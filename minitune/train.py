@@ -282,13 +282,16 @@ def train(
     out_dir: str | Path | None = None,
     save: Callable[[nn.Module, Path], None] | None = None,
     resume: bool = False,
+    on_eval: Callable[[nn.Module], dict] | None = None,
 ) -> TrainResult:
     """Train model on train_data.batch(i) for cfg.max_steps steps; evaluate on val_data.eval_batches().
 
     With out_dir: every evaluation is appended to out_dir/log.jsonl; `save(model, dir)` writes
     out_dir/best (lowest validation loss so far) and out_dir/last (end of the run); resume state goes to
     out_dir/resume.pt every cfg.checkpoint_every steps and when SIGINT/SIGTERM stops the run; and
-    `resume=True` continues from it.
+    `resume=True` continues from it. `on_eval(model)` may add numbers to each evaluation's record (e.g. a
+    second measure to watch along the run); its time, like the evaluation's, is kept out of
+    `train_seconds`, the seconds spent training so far.
     """
     cfg = cfg or TrainConfig()
     device = distributed.local_device(resolve_device(cfg.device))
@@ -314,6 +317,7 @@ def train(
     val_loss = train_loss = None
     window_loss, window_n = 0.0, 0
     t0, tokens0, start_step = time.perf_counter(), progress.tokens, progress.step
+    eval_seconds = 0.0
     with _StopOnSignal() as stop:
         for step in range(progress.step, cfg.max_steps):
             lr = lr_at(step, cfg)
@@ -361,9 +365,14 @@ def train(
                 say(f"step {progress.step:>5}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
                     f"{rate:,.0f} tok/s | ETA {_fmt_time(eta)}", flush=True)
             if val_data is not None and (progress.step % cfg.eval_every == 0 or last):
+                e0 = time.perf_counter()
                 val_loss = evaluate_loss(model, val_data.eval_batches(), device)
                 record = {"step": progress.step, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                          "tokens": progress.tokens, "seconds": round(time.perf_counter() - t0, 3)}
+                          "tokens": progress.tokens, "seconds": round(time.perf_counter() - t0, 3),
+                          "train_seconds": round(e0 - t0 - eval_seconds, 3)}
+                if on_eval is not None:
+                    record.update(on_eval(model))
+                    model.train()
                 progress.history.append(record)
                 say(f"step {progress.step:>5}/{cfg.max_steps} | val loss {val_loss:.4f}", flush=True)
                 if main and out is not None:
@@ -373,6 +382,7 @@ def train(
                     progress.best = val_loss
                     if main and out is not None and save is not None:
                         save(model, out / "best")
+                eval_seconds += time.perf_counter() - e0  # evaluating and saving are not training
             stopping = stop.signal is not None
             if W > 1:
                 stopping = distributed.sum_across_ranks(float(stopping))[0] > 0

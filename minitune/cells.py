@@ -1,0 +1,138 @@
+"""One fine-tuning run at the course's standard budget, scored on the test split and kept on disk.
+
+Several lessons show the same thing: full fine-tuning or LoRA on a task, trained the same way. They all
+ask `task_cell` for it, so a (base, task, strategy, seed) gives the same number in every lesson that
+shows it, and the second lesson to ask reads the first one's result instead of training again.
+
+    budget = Budget.for_mode(quick=False)                  # 160 steps of 16, evaluated every 20
+    cell = task_cell(base, "qa", LoRAConfig(...), seed=0, budget=budget, general=docs)
+    cell["score"], cell["history"][-1]["general_ppl"]       # test score; general-text perplexity on the way
+
+A cell is cached under runs/cells/ by a key over everything its numbers depend on: the base's weight
+file, the package's source code, the task and its sizes, the strategy's config and learning rate, the
+budget, the seed and the general-text documents. Change any of them and the cell is trained again; a
+stale number is never read back.
+
+Along the run, every evaluation records the validation loss, the seconds spent training so far (not
+counting evaluation) and, when `general` documents are given, the perplexity of that held-out general
+text under the model as it is at that step. That trace is what lets lesson 6 compare strategies'
+forgetting at the same task quality, and their time to reach it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from minitune.checkpoint import atomic_write_json
+from minitune.data.tasks import load_task
+from minitune.errors import ConfigError
+from minitune.evaluate import HEADLINE_METRIC, evaluate_task
+from minitune.memory import file_size
+from minitune.pretrain import runs_dir
+
+PACKAGE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How every cell is trained and scored. The steps and batch are the learning-rate sweep's (minitune
+    sweep), so the default rates were chosen for exactly this budget."""
+
+    steps: int = 160
+    batch_size: int = 16
+    eval_every: int = 20
+    sizes: dict = field(default_factory=lambda: {"train": 1000, "validation": 100, "test": 300})
+    test_limit: dict = field(default_factory=lambda: {"summarization": 100, "code": 100})  # others: whole split
+    general_batches: int = 2  # batches of general text scored at each evaluation (16 x context tokens each)
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> "Budget":
+        """The full budget, or a seconds-long one for --quick (and the tests)."""
+        if not quick:
+            return cls()
+        return cls(steps=8, eval_every=4, sizes={"train": 64, "validation": 8, "test": 16},
+                   test_limit={"summarization": 4, "code": 4, "qa": 8}, general_batches=1)
+
+    def task(self, name: str):
+        """The task as the cells see it (qa's sizes are fixed by its facts)."""
+        return load_task(name, sizes=None if name == "qa" else self.sizes)
+
+    def limit(self, name: str) -> int | None:
+        return self.test_limit.get(name)
+
+
+def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budget, device: str = "cpu",
+              general: list[str] | None = None, cache: str | Path | None = None, quiet: bool = True) -> dict:
+    """Fine-tune `config` on the task from `base` with `seed`, score it on test; cached (see the module doc).
+
+    Returns a dict: task, strategy, seed, metric, score, n (test items scored), best_val_loss, lr,
+    train_seconds, file (bytes of the saved trainable tensors), general_ppl (at the best checkpoint, if
+    `general`), history (one record per evaluation: step, val_loss, train_seconds, general_ppl) and run
+    (the run folder, whose best/ holds the trained tensors).
+    """
+    from minitune.finetune import finetune
+    from minitune.lesson import perplexity  # here, not at the top: minitune.lesson imports this module
+    from minitune.pretrain import load_run
+
+    if task_name not in HEADLINE_METRIC:
+        raise ConfigError(f"unknown task {task_name!r}: cells exist for {sorted(HEADLINE_METRIC)}")
+    base = Path(base)
+    key = cell_key(base, task_name, config, seed, budget, general)
+    folder = Path(cache if cache is not None else runs_dir() / "cells") / f"{task_name}-{config.name}-s{seed}-{key}"
+    if (folder / "cell.json").is_file():
+        return json.loads((folder / "cell.json").read_text()) | {"run": str(folder)}
+
+    task = budget.task(task_name)
+    general_enc = load_run(base)[1] if general else None
+
+    def watch(model) -> dict:  # the general text's perplexity at every evaluation along the run
+        return {"general_ppl": perplexity(model, general_enc, general, max_batches=budget.general_batches)}
+
+    if folder.exists():  # a run that stopped half-way: start it again
+        shutil.rmtree(folder)
+    model, enc, out = finetune(base, task, config, folder, max_steps=budget.steps, batch_size=budget.batch_size,
+                               seed=seed, device=device, eval_every=budget.eval_every, quiet=quiet,
+                               checkpoint_every=0, on_eval=watch if general else None)
+    run = json.loads((out / "run.json").read_text())
+    metric = HEADLINE_METRIC[task_name]
+    result = evaluate_task(model, enc, task, limit=budget.limit(task_name), device=device)
+    cell = {"task": task_name, "strategy": config.name, "seed": seed, "metric": metric, "score": result[metric],
+            "n": result["n"], "best_val_loss": run["best_val_loss"], "lr": run["train"]["lr"],
+            "train_seconds": run["history"][-1]["train_seconds"],
+            "file": file_size(out / "best" / "trainable.safetensors"),
+            "history": [{k: r[k] for k in ("step", "val_loss", "train_seconds", "general_ppl") if k in r}
+                        for r in run["history"]]}
+    if general:
+        cell["general_ppl"] = perplexity(model, enc, general, max_batches=budget.general_batches)
+    shutil.rmtree(out / "last", ignore_errors=True)  # best/ is what the lessons load
+    atomic_write_json(folder / "cell.json", cell)
+    return cell | {"run": str(folder)}
+
+
+def cell_key(base: Path, task_name: str, config, seed: int, budget: Budget, general: list[str] | None) -> str:
+    """A short hash of everything a cell's numbers depend on."""
+    h = hashlib.sha256()
+    for part in (_file_hash(base / "model.safetensors"), source_hash(), task_name, repr(config), config.default_lr,
+                 json.dumps(asdict(budget), sort_keys=True), seed,
+                 hashlib.sha256("\x00".join(general or []).encode()).hexdigest()):
+        h.update(str(part).encode() + b"\x1f")
+    return h.hexdigest()[:16]
+
+
+def source_hash() -> str:
+    """sha256 over the package's Python source: any change to the code makes new cells."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE)).encode() + b"\x00" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    if not path.is_file():  # e.g. a Hugging Face folder: hash what is there
+        files = sorted(p for p in path.parent.iterdir() if p.is_file())
+        return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()

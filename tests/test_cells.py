@@ -1,0 +1,72 @@
+"""The shared fine-tuning cells: one run per (base, task, strategy, seed, budget), read back, never stale."""
+
+import json
+
+import pytest
+
+from minitune.cells import Budget, cell_key, task_cell
+from minitune.errors import ConfigError
+from minitune.lesson import README_BEGIN, README_END, held_out_text, update_readme
+from minitune.strategies import FullConfig, LoRAConfig
+
+QUICK = Budget.for_mode(quick=True)
+
+
+def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tmp_path, monkeypatch):
+    general = held_out_text(20_000)[:8]
+    first = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
+    assert 0.0 <= first["score"] <= 1.0 and first["n"] > 0 and first["strategy"] == "lora"
+    steps = [r["step"] for r in first["history"]]
+    assert steps == list(range(QUICK.eval_every, QUICK.steps + 1, QUICK.eval_every))
+    assert all(r["general_ppl"] > 1 for r in first["history"])
+    seconds = [r["train_seconds"] for r in first["history"]]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+
+    import minitune.finetune
+    monkeypatch.setattr(minitune.finetune, "finetune", lambda *a, **k: pytest.fail("a cached cell was trained again"))
+    again = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
+    assert again == first
+
+
+def test_the_key_changes_with_everything_the_numbers_depend_on(nano_run):
+    key = lambda **kw: cell_key(nano_run, kw.get("task", "qa"), kw.get("config", FullConfig()),  # noqa: E731
+                                kw.get("seed", 0), kw.get("budget", QUICK), kw.get("general", ["a"]))
+    base = key()
+    assert key() == base
+    changed = [key(task="code"), key(config=LoRAConfig()), key(config=LoRAConfig(r=4)), key(seed=1),
+               key(budget=Budget()), key(general=["b"])]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_a_changed_base_makes_a_new_key(nano_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "base"
+    shutil.copytree(nano_run, copy)
+    before = cell_key(copy, "qa", FullConfig(), 0, QUICK, None)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert cell_key(copy, "qa", FullConfig(), 0, QUICK, None) != before
+
+
+def test_an_unknown_task_is_refused(nano_run, tmp_path):
+    with pytest.raises(ConfigError, match="unknown task"):
+        task_cell(nano_run, "poetry", FullConfig(), 0, QUICK, cache=tmp_path)
+
+
+def test_the_readme_section_is_rebuilt_from_the_lesson_summaries(tmp_path):
+    for n, took in ((1, 60.0), (2, 120.0)):
+        folder = tmp_path / "lessons" / f"{n:02d}"
+        folder.mkdir(parents=True)
+        (folder / "summary.md").write_text(f"### Lesson {n}\n\nnumbers {n}\n")
+        (folder / "results.json").write_text(json.dumps({"seconds": took}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{README_BEGIN}\nold text\n{README_END}\n\n## after\n")
+    update_readme(readme, tmp_path / "lessons")
+    text = readme.read_text()
+    assert "old text" not in text and text.startswith("# title") and text.endswith("## after\n")
+    assert text.index("numbers 1") < text.index("numbers 2") and "took 3 minutes" in text
+    readme.write_text("no markers here\n")
+    with pytest.raises(ConfigError, match="markers|needs one"):
+        update_readme(readme, tmp_path / "lessons")
