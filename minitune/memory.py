@@ -11,11 +11,28 @@ so full fine-tuning in fp32 (b = 4) costs 4 x 4 = 16 bytes per parameter, and a 
 strategy costs 4 bytes per frozen parameter plus 16 per trainable one. The tiny `step` tensors are
 counted too, so the formula matches what PyTorch holds exactly, byte for byte.
 
-Not counted: activations. They are what backward needs from the forward pass (each layer's inputs,
-attention probabilities, ...), so they grow with batch size x sequence length x depth rather than with
-the parameter count, and they are freed as backward runs. PEFT hardly shrinks them: the gradient still
-flows back through every frozen layer above the lowest trainable tensor, which needs those layers'
-activations. Measure them with a profiler (or torch.cuda.max_memory_allocated) for a given batch.
+Activations are the other half: the tensors autograd saves in the forward pass for backward. They
+grow with batch x tokens x depth, not with the parameter count. `activation_bytes` predicts them for
+this package's GPT-2 block from autograd's rule "an op keeps an input only if some gradient it must
+produce needs it"; `saved_activation_bytes` measures them with torch.autograd.graph.saved_tensors_hooks.
+Per block, per token, with d the width, h the heads (elements; x 4 bytes in fp32):
+
+    ln_1, ln_2     input (the residual stream) d each, + mean and 1/std: 2 each    if a gradient passes
+    attention      q, k, v (one 3d buffer) + output d + one log-sum-exp per head h  if a gradient passes
+                   (PyTorch's fused attention keeps no T x T matrix)
+    c_fc -> GELU   GELU's input 4d                                                   if a gradient passes
+    a linear layer its input (d, d, d or 4d) only if its weight trains (full) or it carries LoRA;
+                   LoRA adds x A (r per token) and s B (out x r, once per layer)
+    an adapter     its input d, + the bottleneck's GELU input and output 2m
+
+and outside the blocks: ln_f (d + 2), lm_head's input d (full only: its tied weight trains), the
+log-probabilities V (fp32), the targets and, under full fine-tuning, the token and position ids (int64).
+
+"If a gradient passes" is the point for PEFT: a frozen layer keeps what it needs to pass the gradient
+down to the earliest trainable tensor. LoRA and adapters start keeping at their first adapted layer
+(block 0 here) and skip only the inputs of frozen linear layers; prompt tuning trains the input itself,
+so every layer keeps what it needs to pass the gradient down. Under bf16 autocast ("bf16") the residual
+stream, LayerNorm statistics, log-sum-exps and log-probabilities stay fp32; the rest is 2 bytes.
 """
 
 from __future__ import annotations
@@ -27,6 +44,9 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from minitune.model import GPTConfig
+from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig
+from minitune.strategies.adapter import PLACEMENTS
 from minitune.train import TrainConfig, autocast_for, make_optimizer
 
 KEYS = ("weights", "gradients", "optimizer", "total")
@@ -114,6 +134,135 @@ def memory_formula(model: nn.Module, bytes_per_param: int | None = 4) -> dict[st
     return out
 
 
+# --- activations ---------------------------------------------------------------------------------------
+
+# Bytes per element of each kind of saved tensor, by precision. Under bf16 autocast the residual stream
+# stays fp32 (embeddings are fp32 and adding a bf16 branch to them promotes), LayerNorm runs in fp32, and
+# the model casts logits to fp32 before the loss.
+ELEMENT_BYTES = {
+    "fp32": {"resid": 4, "act": 4, "stat": 4, "logp": 4, "ids": 8},
+    "bf16": {"resid": 4, "act": 2, "stat": 4, "logp": 4, "ids": 8},
+}
+
+
+def _trains(strategy, layer: str) -> tuple[bool, int]:
+    """(does this linear layer's own weight train, LoRA rank on it or 0) under the strategy."""
+    if isinstance(strategy, FullConfig):
+        return True, 0
+    if isinstance(strategy, LoRAConfig) and any(layer == t or layer.endswith("." + t) for t in strategy.targets):
+        return False, strategy.r
+    return False, 0
+
+
+def _linear(strategy, layer: str, n_in: int, n_out: int, grad_in: bool, input_kept: bool, count: dict) -> bool:
+    """Add what one linear layer (and an adapter after it) saves; return whether its output needs a gradient."""
+    weight_trains, r = _trains(strategy, layer)
+    if (weight_trains or r) and not input_kept:
+        count["act"] += n_in  # x, for the weight's (or lora_A's) gradient
+    if r:
+        count["act"] += r  # x A, for lora_B's gradient
+        count["const"] += n_out * r  # s B, for the gradient of x A
+    grad_out = grad_in or weight_trains or bool(r)
+    if isinstance(strategy, AdapterConfig) and layer in PLACEMENTS[strategy.placement]:
+        m = strategy.bottleneck
+        # down's input; GELU keeps its input and up its input (ReLU keeps its output, the same tensor up keeps)
+        count["act"] += n_out + (2 * m if strategy.activation == "gelu" else m)
+        grad_out = True
+    return grad_out
+
+
+def _block(strategy, d: int, h: int, grad_in: bool, count: dict) -> bool:
+    """Add what one GPT-2 block saves per token (and per layer, `const`); return whether its output needs a gradient."""
+    g = grad_in
+    if g:
+        count["resid"] += d  # ln_1's input
+        count["stat"] += 2   # its mean and 1/std per position
+    g_attn = _linear(strategy, "attn.c_attn", d, 3 * d, g, False, count)
+    if g_attn:
+        count["act"] += 3 * d + d  # q, k, v (views of one buffer) and the attention's output
+        count["stat"] += h         # one log-sum-exp per head and position
+    g_attn = _linear(strategy, "attn.c_proj", d, d, g_attn, g_attn, count)  # its input is the output above
+    g = g or g_attn  # the residual stream after attention
+    if g:
+        count["resid"] += d  # ln_2's input
+        count["stat"] += 2
+    g_mlp = _linear(strategy, "mlp.c_fc", d, 4 * d, g, False, count)
+    if g_mlp:
+        count["act"] += 4 * d  # GELU's input
+    g_mlp = _linear(strategy, "mlp.c_proj", 4 * d, d, g_mlp, False, count)
+    return g or g_mlp
+
+
+def activation_count(config: GPTConfig, strategy, batch: int, tokens: int) -> dict[str, int]:
+    """Elements autograd saves for backward in one training forward pass, by kind (see the module docstring).
+
+    `tokens` is the input length; prompt tuning adds its soft-prompt positions. Kinds: resid (residual
+    stream), act (other activations, incl. `const` per-layer tensors), stat (LayerNorm and attention
+    statistics), logp (log-probabilities), ids (int64 token ids and targets), plus `scalar_bytes`.
+    """
+    if isinstance(strategy, AdapterConfig) and strategy.train_layernorm:
+        raise ValueError("activation_count does not model adapters with trained LayerNorms")
+    if not isinstance(strategy, (FullConfig, LoRAConfig, AdapterConfig, PromptTuningConfig)):
+        raise ValueError(f"activation_count models full, lora, adapter and prompt, not {strategy.name!r}")
+    d, h, V = config.n_embd, config.n_head, config.vocab_size
+    full = isinstance(strategy, FullConfig)
+    positions = tokens + (strategy.n_tokens if isinstance(strategy, PromptTuningConfig) else 0)
+    per_token = {"resid": 0, "act": 0, "stat": 0, "const": 0}
+    # Into block 0 a gradient is needed if the embeddings (full) or the soft prompt (prompt tuning) train.
+    g = full or isinstance(strategy, PromptTuningConfig)
+    for _ in range(config.n_layer):
+        g = _block(strategy, d, h, g, per_token)
+    if g:
+        per_token["resid"] += d  # ln_f's input
+        per_token["stat"] += 2
+    if full:
+        per_token["act"] += d  # lm_head's input: the tied embedding trains
+    N = batch * positions
+    return {
+        "resid": N * per_token["resid"],
+        "act": N * per_token["act"] + per_token.pop("const"),  # `const` was summed over layers, not tokens
+        "stat": N * per_token["stat"],
+        "logp": N * V,  # log_softmax keeps its output; the loss reads it again (the same tensor)
+        "ids": N + (batch * tokens + tokens if full else 0),  # targets; the ids and positions embedding keeps
+        "scalar_bytes": 4,  # the loss's total weight
+    }
+
+
+def activation_bytes(config: GPTConfig, strategy, batch: int, tokens: int, precision: str = "fp32") -> int:
+    """Bytes autograd saves for backward in one training forward pass (fp32, or bf16 autocast)."""
+    size = ELEMENT_BYTES[precision]
+    count = activation_count(config, strategy, batch, tokens)
+    return count.pop("scalar_bytes") + sum(size[k] * n for k, n in count.items())
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves during one training forward pass, parameters excluded (measured).
+
+    Each storage counts once (q, k and v are views of one buffer), with all its bytes, so x and y are made
+    contiguous first: a view of a bigger batch would count the whole batch.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    was_training = model.training
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(x.contiguous(), y.contiguous())
+    loss.backward()  # frees what was saved
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return total
+
+
 def file_size(path: str | Path) -> int:
     """Bytes of a file, or of every file under a folder."""
     path = Path(path)
@@ -134,6 +283,6 @@ def human_bytes(n: float) -> str:
 
 
 __all__ = [
-    "file_size", "human_bytes", "measure_training_memory", "memory_formula", "step_bytes",
-    "tensor_bytes", "training_memory",
+    "ELEMENT_BYTES", "activation_bytes", "activation_count", "file_size", "human_bytes", "measure_training_memory",
+    "memory_formula", "saved_activation_bytes", "step_bytes", "tensor_bytes", "training_memory",
 ]

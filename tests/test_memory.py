@@ -1,4 +1,5 @@
-"""Bytes of training state: measured from the tensors == the closed-form formula, byte for byte."""
+"""Bytes of training state and of saved activations: measured from the tensors == the closed-form formulas,
+byte for byte."""
 
 import copy
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from minitune.memory import (
-    file_size, human_bytes, measure_training_memory, memory_formula, tensor_bytes, training_memory,
+    activation_bytes, activation_count, file_size, human_bytes, measure_training_memory, memory_formula,
+    saved_activation_bytes, tensor_bytes, training_memory,
 )
 from minitune.model import GPT, GPTConfig, count_parameters
 from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy
@@ -102,3 +104,70 @@ def test_file_size_of_a_file_and_of_a_folder(tmp_path):
                                       (999_960, "1.0 MB"), (45_600_000_000, "45.6 GB")])
 def test_human_bytes(n, text):
     assert human_bytes(n) == text
+
+
+# --- activations: the formula against what autograd really saves ---------------------------------------
+
+# Strategies whose saved tensors differ: LoRA on one, three, or only the last layer of a block (then block
+# 0's attention keeps nothing); adapters in both placements and both non-linearities; a soft prompt.
+ACTIVATION_STRATEGIES = [
+    FullConfig(), LoRAConfig(r=2, targets=("c_attn",)), LoRAConfig(r=3, targets=("c_attn", "c_fc", "c_proj")),
+    LoRAConfig(r=2, targets=("mlp.c_proj",)), AdapterConfig(bottleneck=16),
+    AdapterConfig(bottleneck=5, placement="pfeiffer", activation="relu"), PromptTuningConfig(n_tokens=5),
+]
+
+
+def random_shape(seed: int) -> tuple[GPTConfig, int, int]:
+    """A small GPT shape, batch and length drawn at random (widths a multiple of the head count)."""
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    heads = pick(1, 4)
+    config = GPTConfig(vocab_size=pick(50, 300), block_size=48, n_layer=pick(1, 3), n_head=heads,
+                       n_embd=heads * pick(3, 12))
+    return config, pick(1, 4), pick(1, 20)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("config", ACTIVATION_STRATEGIES, ids=lambda c: f"{c.name}-{getattr(c, 'targets', '')}")
+def test_activation_formula_equals_the_saved_tensors(config, seed):
+    # Catches any wrong term: a frozen linear layer counted as keeping its input, LoRA's x A or s B left
+    # out, a LayerNorm counted in a block no gradient passes through, the soft prompt's positions missed.
+    shape, B, T = random_shape(seed)
+    torch.manual_seed(seed)
+    model = apply_strategy(GPT(shape), config)
+    x, y = (torch.randint(0, shape.vocab_size, (B, T)) for _ in range(2))
+    assert activation_bytes(shape, config, B, T) == saved_activation_bytes(model, x, y)
+
+
+def test_measuring_activations_leaves_no_gradients_and_keeps_the_mode():
+    model = apply_strategy(nano(), FullConfig()).eval()
+    x, y = batch(model)
+    saved_activation_bytes(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+
+
+def test_peft_keeps_fewer_activations_than_full_but_prompt_tuning_keeps_the_most_of_them():
+    # Catches a formula that lets PEFT skip the frozen layers above its first trainable tensor: LoRA and
+    # adapters save at least the attention and GELU inputs of every block, prompt tuning all but the inputs
+    # of the linear layers, so each keeps well over a third of what full fine-tuning keeps.
+    shape = GPTConfig.from_preset("tiny")
+    full = activation_count(shape, FullConfig(), 4, 64)["act"]
+    for config in ALL[1:]:
+        peft = activation_count(shape, config, 4, 64)["act"]
+        assert 0.35 * full < peft < full, config.name
+
+
+def test_bf16_halves_only_the_activations_autocast_runs_in_bf16():
+    shape = GPTConfig.from_preset("tiny")
+    count = activation_count(shape, FullConfig(), 2, 32)
+    fp32, bf16 = (activation_bytes(shape, FullConfig(), 2, 32, p) for p in ("fp32", "bf16"))
+    assert fp32 - bf16 == 2 * count["act"]
+
+
+def test_activations_grow_linearly_with_the_batch():
+    shape = GPTConfig.from_preset("tiny")
+    for config in ALL:
+        one, two = (activation_count(shape, config, B, 32) for B in (1, 2))
+        for kind in ("resid", "stat", "logp"):
+            assert two[kind] == 2 * one[kind]
