@@ -1,0 +1,206 @@
+"""Fine-tuning studies on a classification task, over seeds: the pieces lessons 4 and 5 share.
+
+A study varies one setting of a strategy (an adapter's width, a soft prompt's length, a learning rate)
+and measures each value over the lesson's seeds:
+
+    task = study_task(lesson, "topic")                             # train 1000 / validation 200 / test 200
+    runs = fine_tune_seeds(lesson, task, AdapterConfig(bottleneck=4), "m4")   # SeedRuns, one run per seed
+    runs["label loss"]                                             # a Cell: '0.412 ± 0.031'
+    choice = choose_rate(lesson, task, PromptTuningConfig(n_tokens=5), (0.03, 0.1, 0.3), "n5")
+    choice.rate, choice.tied, choice.runs[choice.rate]             # picked on validation; test scores beside
+
+Every run is one call of minitune.finetune.finetune at the lessons' standard budget (160 steps of batch
+16, the same as the learning-rate sweep), and is scored on the test split by two numbers:
+
+    accuracy     the share of test items whose most likely label word is the right one
+    label loss   -log p(right label | item), p normalised over the label words: continuous, so it still
+                 separates two settings after accuracy has saturated
+
+and, for choosing, by its validation loss (mean cross-entropy per answer token, at the best of the
+run's evaluations, as fine-tuning keeps it). A learning rate is chosen on that validation loss, never
+on test; the test scores are reported at the chosen rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from minitune.checkpoint import read_json
+from minitune.data.tasks import load_task
+from minitune.evaluate import classify_scores
+from minitune.finetune import RUN, finetune, supervised
+from minitune.lesson import Lesson, SeedRuns, plot_seeds
+from minitune.stats import Best, Cell, best_of, summarize
+from minitune.strategies import apply_strategy
+from minitune.train import evaluate_loss, seed_everything
+
+STEPS, QUICK_STEPS = 160, 10    # the standard budget (the sweep's), and what --quick trains
+EVALS = 4                       # validation evaluations per run: fine-tuning keeps the best of them
+BATCH = 16
+SIZES = {"train": 1000, "validation": 200, "test": 200}
+QUICK_SIZES = {"train": 64, "validation": 16, "test": 32}
+
+Measure = Callable[[object, object], dict]  # (trained model, tokenizer) -> more numbers for the run
+
+
+def study_task(lesson: Lesson, name: str):
+    """The task at the studies' sizes (the sweep's train size; 200 validation and 200 test items)."""
+    return load_task(name, sizes=lesson.size(QUICK_SIZES, SIZES))
+
+
+def steps(lesson: Lesson) -> int:
+    """Training steps per run: the standard 160, or a handful with --quick."""
+    return lesson.size(QUICK_STEPS, STEPS)
+
+
+def test_scores(lesson: Lesson, model, enc, task) -> dict:
+    """Test accuracy and label loss of a (fine-tuned) model."""
+    return classify_scores(model, enc, task.test, task.labels, device=lesson.device)[1]
+
+
+def validation_batches(task, enc, model):
+    """The validation split as fine-tuning evaluates it (batch 16, the model's usable context)."""
+    return supervised(task, "validation", enc, model.max_input_tokens, BATCH, max_eval_examples=200)
+
+
+def fine_tune(lesson: Lesson, task, config, name: str, seed: int = 0, lr: float | None = None,
+              base: str | Path | None = None, measure: Measure | None = None) -> dict:
+    """One fine-tuning run (minitune.finetune at the standard budget): its scores, counts and loss history.
+
+    Returns accuracy, label loss (test), val loss (validation, the kept checkpoint's), trainable, total,
+    seconds, history (every evaluation), and whatever measure(model, enc) adds.
+    """
+    n = steps(lesson)
+    model, enc, out = finetune(base or lesson.base, task, config, lesson.run_dir(name), max_steps=n,
+                               batch_size=BATCH, lr=lr, seed=seed, device=lesson.device,
+                               eval_every=max(1, n // EVALS), quiet=True, checkpoint_every=0)
+    run = read_json(out / RUN)
+    result = {**test_scores(lesson, model, enc, task), "val loss": run["best_val_loss"],
+              "trainable": run["trainable_params"], "total": run["total_params"], "seconds": run["seconds"],
+              "history": run["history"]}
+    if measure is not None:
+        result.update(measure(model, enc))
+    print(f"  {name}: test accuracy {result['accuracy']:.3f}, label loss {result['label loss']:.4f}, "
+          f"val loss {result['val loss']:.4f} ({run['seconds']:.0f}s)", flush=True)
+    return result
+
+
+def fine_tune_seeds(lesson: Lesson, task, config, name: str, lr: float | None = None,
+                    base: str | Path | None = None, measure: Measure | None = None) -> SeedRuns:
+    """fine_tune once per lesson seed (run folders name-seed0, name-seed1, ...)."""
+    return lesson.over_seeds(lambda s: fine_tune(lesson, task, config, f"{name}-seed{s}", seed=s, lr=lr, base=base,
+                                                 measure=measure))
+
+
+def start_loss(lesson: Lesson, task, config, seed: int = 0, base: str | Path | None = None,
+               alter: Callable | None = None) -> float:
+    """Validation loss at step 0: the base with `config` applied as finetune() applies it for `seed`
+    (then changed by alter(model), if given), before any training."""
+    model, enc = load_base(lesson, base)
+    seed_everything(seed)  # finetune() seeds the same way before applying the strategy
+    model = apply_strategy(model, config)
+    if alter is not None:
+        alter(model)
+    return evaluate_loss(model, validation_batches(task, enc, model).eval_batches(), lesson.device)
+
+
+def load_base(lesson: Lesson, base: str | Path | None = None):
+    """A fresh copy of a base (the lesson's by default): (model, tokenizer)."""
+    from minitune.pretrain import load_run
+
+    model, enc, _ = load_run(base or lesson.base, lesson.device)
+    return model, enc
+
+
+# --- choosing a learning rate ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RateChoice:
+    """A small learning-rate sweep of one setting: every rate's runs, and the one validation picks."""
+
+    rate: float                    # the rate with the lowest mean validation loss
+    tied: tuple[float, ...]        # the rates the noise rule cannot tell from it (it included)
+    runs: dict[float, SeedRuns]    # every rate's runs (test scores too)
+    pick: Best                     # the comparisons behind the choice
+
+    @property
+    def at_edge(self) -> bool:
+        """Whether the pick is the grid's lowest or highest rate (the best may lie beyond the grid)."""
+        rates = sorted(self.runs)
+        return len(rates) > 1 and self.rate in (rates[0], rates[-1])
+
+
+def pick_rate(val_losses: Mapping[float, Cell | Sequence[float]]) -> tuple[float, tuple[float, ...], Best]:
+    """The rate with the lowest mean validation loss, and the rates within noise of it (stats.best_of)."""
+    pick = best_of({f"{lr:g}": summarize(v) for lr, v in val_losses.items()}, higher_is_better=False)
+    by_name = {f"{lr:g}": lr for lr in val_losses}
+    return by_name[pick.best], tuple(by_name[k] for k in pick.tied), pick
+
+
+def choose_rate(lesson: Lesson, task, config, rates: Sequence[float], name: str,
+                done: Mapping[float, SeedRuns] | None = None) -> RateChoice:
+    """Fine-tune `config` at each rate over the seeds (reusing `done` runs) and pick one on validation."""
+    runs = {lr: (done or {}).get(lr) or fine_tune_seeds(lesson, task, config, f"{name}-lr{lr:g}", lr=lr)
+            for lr in rates}
+    rate, tied, pick = pick_rate({lr: r["val loss"] for lr, r in runs.items()})
+    return RateChoice(rate, tied, runs, pick)
+
+
+# --- plots ----------------------------------------------------------------------------------------------
+
+def curve_cells(histories: Sequence[Sequence[tuple[int, float]]]) -> tuple[list[int], list[Cell]]:
+    """Several seeds' loss curves, [(step, loss), ...] each, as the steps and a Cell per step."""
+    steps_seen = [[s for s, _ in h] for h in histories]
+    if not histories or any(s != steps_seen[0] for s in steps_seen):
+        raise ValueError(f"the seeds' curves must be evaluated at the same steps, got {steps_seen}")
+    return steps_seen[0], [summarize([h[i][1] for h in histories]) for i in range(len(steps_seen[0]))]
+
+
+def curve(runs: SeedRuns, starts: Sequence[float]) -> list[list[tuple[int, float]]]:
+    """Each seed's validation-loss curve from step 0 (its start loss) through every evaluation."""
+    return [[(0, s)] + [(h["step"], h["val_loss"]) for h in r["history"]] for s, r in zip(starts, runs.runs)]
+
+
+def draw_curves(ax, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], title: str,
+                base_loss: float | None = None) -> None:
+    """Validation loss against step, one line (mean ± sd, every seed a dot) per setting."""
+    for name, histories in curves.items():
+        xs, cells = curve_cells(histories)
+        plot_seeds(ax, xs, cells, label=name, marker=".")
+    if base_loss is not None:
+        ax.axhline(base_loss, color="grey", ls=":", label="the base, before training")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+
+
+def draw_quality(ax, xs: Sequence, runs: Sequence[SeedRuns], xlabel: str, title: str, log_x: bool = True) -> None:
+    """Test accuracy (left axis) and test label loss (right axis) against a setting, over seeds."""
+    plot_seeds(ax, xs, [r["accuracy"] for r in runs], label="test accuracy", color="tab:blue")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy", color="tab:blue")
+    loss_ax = ax.twinx()
+    plot_seeds(loss_ax, xs, [r["label loss"] for r in runs], label="test label loss", color="tab:red", marker="^")
+    loss_ax.set_ylabel("test label loss", color="tab:red")
+    (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), loss_ax.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8)
+    ax.set_title(title)
+
+
+# --- sentences ------------------------------------------------------------------------------------------
+
+def compare_runs(lesson: Lesson, a: SeedRuns, b: SeedRuns, names: tuple[str, str]):
+    """The noise rule on test label loss and on test accuracy of a against b: a sentence, and the loss test.
+
+    The label-loss comparison is returned for branching (it is continuous, so it still separates
+    settings after accuracy has saturated); the sentence gives both.
+    """
+    loss = lesson.compare(a["label loss"], b["label loss"], names)
+    acc = lesson.compare(a["accuracy"], b["accuracy"], names)
+    return (f"test label loss: {loss.text(verb='is higher than')}; test accuracy: {acc.text()}", loss)
