@@ -1,80 +1,73 @@
-"""Lesson 2: Full fine-tuning: what it costs, and what it forgets
+"""Lesson 2: Full fine-tuning: what it costs in memory, and what it forgets
 
 What this lesson shows, by measuring it on your machine:
-  1. training with AdamW keeps four numbers for every parameter: the weight, its gradient and Adam's two
-     moving averages; in fp32 that is 16 bytes per parameter, and the bytes PyTorch really holds match
-     that formula to the byte (nano, tiny and, in full mode, small); activations, measured at three
-     batch sizes, come on top and grow with the batch;
-  2. the same formula, carried to GPT-2's sizes (124M to 1.5B parameters, and a 7B-class shape), shows
-     why full fine-tuning needs a large GPU before a single activation is stored;
-  3. every task fine-tuned in full is a full-size copy of the model: N tasks cost N bases on disk;
-  4. catastrophic forgetting: perplexity on general text the base models well, before and during full
-     fine-tuning on one task at three learning rates, against LoRA at two, for the same steps.
+  1. training with AdamW keeps four numbers for every parameter (the weight, its gradient, Adam's two
+     moving averages): 16 bytes per parameter in fp32, and the bytes PyTorch holds match that to the byte;
+  2. the activations autograd keeps for backward, predicted by a formula for this GPT-2 block and checked
+     against the tensors autograd really saves, for three small shapes and four strategies (full, LoRA,
+     adapters, prompt tuning);
+  3. both formulas carried to GPT-2's four sizes and a GPT-2 block at 7B-class width and depth: what full
+     fine-tuning and each PEFT strategy needs, and which fits an 8, 16, 24 or 80 GB card;
+  4. every task fine-tuned in full is a full-size copy of the model on disk;
+  5. forgetting: perplexity on general text after fine-tuning on sentiment, for full fine-tuning at four
+     learning rates (its default, 1e-3, among them) and LoRA at two, three seeds each, compared by the
+     package's noise rule.
 
-Read alongside: minitune/strategies/full.py (the whole strategy: unfreeze everything),
-minitune/memory.py (bytes measured from the tensors, and the formula), minitune/train.py (the loop that
-holds the gradients and AdamW's state), minitune/finetune.py (the run this lesson repeats per task).
+Read alongside: minitune/strategies/full.py (the whole strategy: unfreeze everything), minitune/memory.py
+(the two formulas and the measurements they are checked against), minitune/train.py (the loop that holds
+the gradients and AdamW's state), minitune/finetune.py (the run section 5 repeats), minitune/stats.py
+(the noise rule).
 
-Run:  python lessons/02_full_finetuning.py      about 2-3 minutes on 2 CPU cores with the base cached
-      python lessons/02_full_finetuning.py --quick    about 10 seconds, nano sizes
+Run:  python lessons/02_full_finetuning.py           about 3-4 minutes on 2 CPU cores (estimated from
+                                                     18 fine-tuning runs of 160 steps), base cached
+      python lessons/02_full_finetuning.py --quick   about 10 seconds, nano sizes
 
-The idea. Full fine-tuning is pretraining continued on task data: every weight theta_i is trainable,
-and each step of AdamW (the optimizer of train.py) updates it from its gradient g_i:
+Memory. Full fine-tuning is pretraining continued on task data: every weight w trains, and each AdamW
+step updates it from its gradient g with two running averages, m of g and v of g^2. So the training
+state is four numbers per parameter; with P parameters in b-byte floats it is b (P + P + 2P) = 4bP,
+16 bytes per parameter in fp32, against 2 per parameter to serve the model in bf16. A PEFT strategy
+keeps the frozen weights (b bytes each) but gradients and moments only for the few it trains.
 
-    m_i <- b1 m_i + (1 - b1) g_i               first moment: a running mean of the gradient
-    v_i <- b2 v_i + (1 - b2) g_i^2             second moment: a running mean of its square
-    theta_i <- theta_i - lr (m^_i / (sqrt(v^_i) + eps) + wd theta_i)     (m^, v^: bias-corrected)
+The state is not all. Backward needs results of the forward pass: a LayerNorm needs its input, a linear
+layer needs its input to form its weight's gradient, attention needs q, k, v and its output. These
+activations grow with batch x tokens x depth x width, whatever the parameter count. PEFT does not make
+them vanish: to reach a trainable tensor in block 0 the gradient must pass down through every frozen
+block, and each keeps what it needs for that (only the inputs of frozen linear layers can go). Prompt
+tuning trains the very input, so it keeps nearly all of them. Section 2 checks the formula for this on
+small models before section 3 uses it at sizes this machine cannot hold.
 
-So while it trains, the model holds four numbers per parameter, theta, g, m and v. With P parameters
-stored as b-byte floats:
-
-    memory = b (P + P + 2P) = 4 b P          fp32 (b = 4): 16 bytes per parameter
-
-(PyTorch adds one 4-byte `step` counter per tensor, a few hundred bytes in all.) Serving the same model
-needs only theta: 4P bytes in fp32, 2P in bf16, so training holds four to eight times the memory.
-
-What the formula leaves out: activations, the intermediate results of the forward pass that backward
-needs (each layer's input, the attention probabilities, ...). They scale with batch x sequence length x
-depth x width (attention adds batch x heads x length^2 per layer), and backward frees them layer by
-layer as it walks down. For a given model their size is set by the batch and sequence length you
-choose, so no bytes-per-parameter formula can hold them. Section 1 measures them at three batch sizes.
-
-Forgetting. Fine-tuning minimises the loss on the task's answers and nothing else. No term of that
-objective says "keep predicting general text well", and under full fine-tuning every weight is free to
-move to lower the task loss. How far the weights drift grows with the learning rate and the number of
-steps. The perplexity of the fine-tuned model on held-out general text, exp(mean cross-entropy per
-token), measures how much of the base was lost: it is the number of tokens the model is, in effect,
-choosing among at each position, so a rise from 4 to 40 means ten times less certain.
-LoRA moves the same layers only through a low-rank update B A that starts at zero; section 4 measures
-whether that keeps more of the base.
+Forgetting. Fine-tuning lowers the loss on the task's answers and nothing else; nothing in the objective
+asks the model to keep predicting general text. The perplexity of the fine-tuned model on general text
+it never saw, exp(mean cross-entropy per token), divided by the base's, measures how much of that was
+lost (1.0: nothing). Section 5 varies the learning rate with everything else fixed, and compares LoRA
+with full fine-tuning both at the same rate and each at its own default rate.
 """
 
 from __future__ import annotations
 
-import math
-import tempfile
-
 import torch
 
-from minitune.data.batches import TokenStream, encode_documents
 from minitune.data.tasks import load_task
-from minitune.evaluate import HEADLINE_METRIC, evaluate_task
-from minitune.finetune import finetune, supervised
-from minitune.lesson import Lesson, held_out_text, perplexity
-from minitune.memory import file_size, human_bytes, measure_training_memory, memory_formula, tensor_bytes
-from minitune.model import GPT, GPTConfig, count_parameters
-from minitune.strategies import (FullConfig, LoRAConfig, apply_strategy, base_unchanged, save_trainable,
-                                 trainable_parameters)
-from minitune.train import TrainConfig, train
+from minitune.evaluate import evaluate_task
+from minitune.finetune import finetune
+from minitune.lesson import Lesson, held_out_text, perplexity, plot_seeds
+from minitune.memory import (activation_bytes, file_size, human_bytes, measure_training_memory, memory_formula,
+                             saved_activation_bytes, tensor_bytes)
+from minitune.model import GPT, GPTConfig
+from minitune.strategies import STRATEGIES as STRATEGY_APPLY
+from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
+                                 base_unchanged, trainable_parameters)
+from minitune.strategies.lora import hold_frozen_in
 
-METRIC = HEADLINE_METRIC
-GPT2 = {  # GPT-2's published shapes: (n_layer, n_head, n_embd), vocabulary 50,257, context 1,024
-    "GPT-2 124M": (12, 12, 768), "GPT-2 355M": (24, 16, 1024),
-    "GPT-2 774M": (36, 20, 1280), "GPT-2 1.5B": (48, 25, 1600),
-    "GPT-2 shape, 32 x 4096 (7B class)": (32, 32, 4096),  # for scale: the width and depth of today's 7B models
+STRATEGIES = (FullConfig(), LoRAConfig(), AdapterConfig(), PromptTuningConfig())  # package defaults
+BIG = {  # (n_layer, n_head, n_embd, vocab, context): GPT-2's published shapes, and a GPT-2 block at 7B-class size
+    "GPT-2 124M": (12, 12, 768, 50257, 1024), "GPT-2 355M": (24, 16, 1024, 50257, 1024),
+    "GPT-2 774M": (36, 20, 1280, 50257, 1024), "GPT-2 1.5B": (48, 25, 1600, 50257, 1024),
+    "7B class (32 x 4096)": (32, 32, 4096, 32000, 4096),
 }
-GPUS = {"8 GB": 8, "12 GB": 12, "16 GB": 16, "24 GB": 24, "40 GB": 40, "80 GB": 80}  # common cards, in GiB
-LORA = LoRAConfig(r=8, targets=("c_attn", "c_fc"))
+BATCH = 1  # sequences per step in section 3, each the full context; activations grow in proportion
+GPUS = (8, 16, 24, 80)  # GiB: consumer cards up to 24, then a data-centre card
+CONSUMER = 24
 
 
 def memory_measured(lesson: Lesson) -> None:
@@ -99,75 +92,131 @@ def memory_measured(lesson: Lesson) -> None:
                     f"4 bytes x (P + P + 2P) + the step counters exactly; that is {min(per_param):.3f} to "
                     f"{max(per_param):.3f} bytes per parameter.")
 
-    activations(lesson)
 
-
-def activations(lesson: Lesson) -> None:
-    model, enc = lesson.load_base()
-    model = apply_strategy(model, FullConfig())
-    task = load_task("sentiment", sizes={"train": 32, "validation": 8, "test": 8})
-    x, y = supervised(task, "train", enc, model.max_input_tokens, batch_size=32).batch(0)
-    state = measure_training_memory(model, (x, y))["total"]  # the same for every batch size
+def activations_checked(lesson: Lesson) -> None:
+    lesson.section("2. Activations: the formula against what autograd saves")
+    shapes = {"nano": GPTConfig.from_preset("nano"),
+              "3 x 48, 3 heads": GPTConfig(vocab_size=500, block_size=64, n_layer=3, n_head=3, n_embd=48),
+              "tiny": GPTConfig.from_preset("tiny")}
+    if lesson.quick:
+        shapes.pop("tiny")
+    B, T = 4, 32
     rows = []
-    for b in (8, 16, 32):
-        acts = _activation_bytes(model, x[:b].to(lesson.device), y[:b].to(lesson.device))
-        rows.append({"batch (examples x tokens)": f"{b} x {x.shape[1]}", "activations": human_bytes(acts),
-                     "weights + gradients + AdamW": human_bytes(state), "activations / state": acts / state,
-                     "_bytes": acts})
-    for r in rows:
-        lesson.record(f"activation_bytes_{r['batch (examples x tokens)']}", r.pop("_bytes"))
-    lesson.table("Not in the formula: what autograd keeps from the forward pass for backward (this lesson's base, "
-                 "sentiment batches)", rows)
-    first, last = rows[0], rows[-1]
-    lesson.conclude(f"Activations grew from {first['activations']} to {last['activations']} as the batch went from "
-                    f"{first['batch (examples x tokens)']} to {last['batch (examples x tokens)']} tokens, while the "
-                    f"training state stayed at {human_bytes(state)}: at the largest batch they were "
-                    f"{last['activations / state']:.1f}x the weights, gradients and moments. Their size is set by the "
-                    "batch you choose, not by the formula.")
+    for name, shape in shapes.items():
+        for config in STRATEGIES:
+            torch.manual_seed(0)  # only the shapes matter: a random model saves the same tensors as a trained one
+            model = apply_strategy(GPT(shape), config)
+            x, y = (torch.randint(shape.vocab_size, (B, T)) for _ in range(2))
+            measured, formula = saved_activation_bytes(model, x, y), activation_bytes(shape, config, B, T)
+            rows.append({"model": name, "strategy": config.name, "formula (B)": formula, "measured (B)": measured,
+                         "measured / formula": measured / formula})
+    lesson.table(f"Bytes autograd saves for backward, batch {B} x {T} tokens, fp32 (measured with "
+                 "saved_tensors_hooks, each buffer once, parameters excluded)", rows)
+    exact = sum(r["formula (B)"] == r["measured (B)"] for r in rows)
+    ratios = [r["measured / formula"] for r in rows]
+    lesson.record("activation_rows_matching_formula", exact)
+    lesson.conclude(f"The activation formula gave the measured bytes exactly in {exact} of {len(rows)} cases "
+                    f"(measured / formula from {min(ratios):.4f} to {max(ratios):.4f}); section 3 uses it at "
+                    "sizes this machine cannot hold." + ("" if exact == len(rows) else
+                                                        " Where it is not exact, section 3 is off by as much."))
 
 
-def memory_extrapolated(lesson: Lesson) -> None:
-    lesson.section("2. The same formula at GPT-2's sizes")
-    rows = []
-    for name, (n_layer, n_head, n_embd) in GPT2.items():
-        P = count_parameters(GPTConfig(vocab_size=50257, block_size=1024, n_layer=n_layer, n_head=n_head,
-                                       n_embd=n_embd))
-        train_bytes = 4 * (P + P + 2 * P)
-        fits = [g for g, gib in GPUS.items() if train_bytes <= gib * 2**30]
-        rows.append({"model": name, "parameters": P, "serve, bf16 (2P)": human_bytes(2 * P),
-                     "weights, fp32 (4P)": human_bytes(4 * P), "train full, fp32 (16P)": human_bytes(train_bytes),
-                     "smallest GPU that holds it": fits[0] if fits else "none (needs several)"})
-        lesson.record(f"train_bytes_{name}", train_bytes)
-    lesson.table("Weights, gradients and AdamW moments of full fine-tuning, before any activation", rows,
-                 note="(parameter counts from minitune.model.count_parameters with GPT-2's shapes, LM head tied; "
-                      "GPU sizes in GiB)")
-    small, big, huge = rows[0], rows[-2], rows[-1]
+def _meta_model(shape: GPTConfig, config):
+    """The model with the strategy applied, built on PyTorch's meta device: shapes and dtypes, no memory."""
+    apply = STRATEGY_APPLY[config.name][1]  # the strategy's own surgery: apply_strategy also fingerprints
+    with torch.device("meta"):              # the base's values, which a meta tensor does not have
+        return apply(GPT(shape), config)
 
-    def card(r: dict) -> str:
-        gpu = r["smallest GPU that holds it"]
-        return f"one {gpu} GPU or larger" if gpu in GPUS else "more than any single GPU listed"
 
-    lesson.conclude(f"Full fine-tuning {small['model']} in fp32 holds {small['train full, fp32 (16P)']} of training "
-                    f"state before any activation ({card(small)}); {big['model']} holds "
-                    f"{big['train full, fp32 (16P)']}, 8x the {big['serve, bf16 (2P)']} that serving it in bf16 takes "
-                    f"({card(big)}); a 7B-class model holds {huge['train full, fp32 (16P)']} ({card(huge)}).")
+def _at_scale(shape: GPTConfig, config) -> dict:
+    """Training state and activations of one shape and strategy, fp32 and bf16 (from the formulas)."""
+    model = _meta_model(shape, config)
+    trainable, _ = trainable_parameters(model)
+    tokens = model.max_input_tokens  # the full context (prompt tuning's prompt fills the rest)
+    state32 = memory_formula(model, 4)["total"]
+    if config.name != "full":
+        hold_frozen_in(model, torch.bfloat16)  # PEFT over a bf16 base: the frozen weights in 2 bytes
+    # bf16 mixed: trained weights, gradients and AdamW in fp32, + autocast's bf16 copy of each trained weight
+    state16 = memory_formula(model, None)["total"] + 2 * trainable
+    acts32 = activation_bytes(shape, config, BATCH, tokens, "fp32")
+    acts16 = activation_bytes(shape, config, BATCH, tokens, "bf16")
+    return {"trainable": trainable, "state32": state32, "acts32": acts32, "total32": state32 + acts32,
+            "state16": state16, "acts16": acts16, "total16": state16 + acts16}
+
+
+def _card(nbytes: int) -> str:
+    fits = [g for g in GPUS if nbytes <= g * 2**30]
+    return f"{fits[0]} GB" if fits else f"> {GPUS[-1]} GB"
+
+
+def memory_at_scale(lesson: Lesson) -> None:
+    lesson.section("3. Both formulas at GPT-2's sizes and a 7B-class shape")
+    rows, cells = [], {}
+    for name, (n_layer, n_head, n_embd, vocab, context) in BIG.items():
+        shape = GPTConfig(vocab_size=vocab, block_size=context, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+        for config in STRATEGIES:
+            m = cells[name, config.name] = _at_scale(shape, config)
+            rows.append({"model": name, "strategy": config.name, "trainable": m["trainable"],
+                         "state fp32": human_bytes(m["state32"]), "activations fp32": human_bytes(m["acts32"]),
+                         "total fp32": human_bytes(m["total32"]), "state bf16": human_bytes(m["state16"]),
+                         "activations bf16": human_bytes(m["acts16"]), "total bf16": human_bytes(m["total16"]),
+                         "card (bf16)": _card(m["total16"])})
+    lesson.record("memory_at_scale", {f"{k[0]} / {k[1]}": v for k, v in cells.items()})
+    lesson.table(f"Training memory, batch {BATCH} x the full context (1024 tokens for GPT-2, 4096 for the 7B "
+                 "class): weights + gradients + AdamW (state) and saved activations", rows,
+                 note="(state bf16: PEFT over a bf16 base; full fine-tuning in bf16 mixed precision keeps fp32 "
+                      "weights, gradients and moments plus autocast's bf16 copy. card: the smallest of "
+                      f"{', '.join(f'{g}' for g in GPUS)} GiB that holds the bf16 total; the peak of a real step "
+                      "adds the logits and their gradient and the allocator's slack, not counted here. Computed "
+                      "from the formulas of sections 1 and 2, not measured.)")
+    _conclude_at_scale(lesson, cells)
+
+
+def _conclude_at_scale(lesson: Lesson, cells: dict) -> None:
+    big, small = list(BIG)[-1], list(BIG)[0]
+    full, lora, prompt = cells[big, "full"], cells[big, "lora"], cells[big, "prompt"]
+    lesson.conclude(f"{big}: full fine-tuning needs {human_bytes(full['total16'])} in bf16 mixed precision "
+                    f"({_card(full['total16'])} card), LoRA {human_bytes(lora['total16'])} ({_card(lora['total16'])}). "
+                    f"LoRA cuts the state from {human_bytes(full['state16'])} to {human_bytes(lora['state16'])}, but "
+                    f"keeps {lora['acts16'] / full['acts16']:.0%} of full fine-tuning's activations (prompt tuning "
+                    f"{prompt['acts16'] / full['acts16']:.0%}): the gradient still passes down through every frozen "
+                    f"block. Activations are {lora['acts16'] / lora['total16']:.0%} of LoRA's total there.")
+    fit = {c.name: [n for n in BIG if cells[n, c.name]["total16"] <= CONSUMER * 2**30] for c in STRATEGIES}
+    lesson.conclude(f"On a {CONSUMER} GB consumer card (bf16, batch {BATCH}, full context), of the {len(BIG)} shapes "
+                    + ", ".join(f"{name} fits {len(names)}" for name, names in fit.items()) + ".")
+    lora_fits, full_fits = big in fit["lora"], big in fit["full"]
+    if lora_fits and not full_fits:
+        lesson.conclude(f"That agrees with the course's claim that PEFT lets a consumer card fine-tune a large model: "
+                        f"the {big} shape fits {CONSUMER} GB with LoRA and not in full.")
+    else:
+        # the activations are what a shorter context shrinks; the state stays
+        shape = GPTConfig(**dict(zip(("n_layer", "n_head", "n_embd", "vocab_size", "block_size"), BIG[big])))
+        half = lora["state16"] + activation_bytes(shape, LoRAConfig(), BATCH, BIG[big][4] // 2, "bf16")
+        lesson.conclude(f"At batch {BATCH} x {BIG[big][4]} tokens the course's claim that PEFT brings a large model "
+                        f"onto a consumer card does not hold for the {big} shape: LoRA "
+                        f"{'fits' if lora_fits else 'does not fit'} {CONSUMER} GB, and full fine-tuning "
+                        f"{'does too' if full_fits else 'does not either'}. With {BIG[big][4] // 2} tokens LoRA "
+                        f"needs {human_bytes(half)} ({'within' if half <= CONSUMER * 2**30 else 'still over'} "
+                        f"{CONSUMER} GB).")
+    s = cells[small, "full"]
+    lesson.conclude(f"Even {small} in full, fp32, holds {human_bytes(s['state32'])} of state and "
+                    f"{human_bytes(s['acts32'])} of activations for one {BIG[small][4]}-token sequence: "
+                    f"activations are {s['acts32'] / s['total32']:.0%} of the total.")
 
 
 def copy_per_task(lesson: Lesson) -> None:
-    lesson.section("3. One full-size copy per task")
+    lesson.section("4. One full-size copy per task")
     sizes = lesson.size({"train": 64, "validation": 16, "test": 16}, {"train": 1000, "validation": 50, "test": 50})
-    steps, limit = lesson.size(10, 100), lesson.size(8, 50)
+    steps = lesson.size(4, 20)  # the file's size does not depend on how long it trained
     base, _ = lesson.load_base()
     base_bytes = tensor_bytes(base.parameters())
     rows, total = [], 0
     for name in ("sentiment", "topic", "qa"):
         task = load_task(name, sizes=None if name == "qa" else sizes)
-        model, enc, out = finetune(lesson.base, task, FullConfig(), lesson.run_dir(f"{name}-full"), max_steps=steps,
-                                   eval_every=steps, device=lesson.device, quiet=True, checkpoint_every=0)
-        score = evaluate_task(model, enc, task, limit=limit, device=lesson.device)[METRIC[name]]
+        _, _, out = finetune(lesson.base, task, FullConfig(), lesson.run_dir(f"{name}-full"), max_steps=steps,
+                             eval_every=steps, device=lesson.device, quiet=True, checkpoint_every=0)
         size = file_size(out / "best")  # what save_trainable wrote: every tensor + the strategy config
-        rows.append({"task": name, "metric": METRIC[name], "test score": score, "file per task": human_bytes(size),
-                     "x base weights": size / base_bytes})
+        rows.append({"task": name, "file per task": human_bytes(size), "x base weights": size / base_bytes})
         total += size
     lesson.table(f"Full fine-tuning, {steps} steps per task; each run saves what it trained (all of it)", rows)
     lesson.record("full_copies_bytes", total)
@@ -178,133 +227,110 @@ def copy_per_task(lesson: Lesson) -> None:
 
 
 def forgetting(lesson: Lesson) -> None:
-    lesson.section("4. Catastrophic forgetting: general text, before and during fine-tuning")
+    lesson.section("5. Forgetting: general-text perplexity after fine-tuning on sentiment")
     base, enc = lesson.load_base()
-    # A world built with another seed: the same kinds of documents and words, sentences the base never read.
-    general = held_out_text(lesson.size(60_000, 200_000))
-    eval_batches = lesson.size(4, 10)  # batches of 16 windows read per perplexity, before and during training
-    before = perplexity(base, enc, general, lesson.device, max_batches=eval_batches)
-    task = load_task("sentiment", sizes=lesson.size({"train": 64, "validation": 16, "test": 16},
+    general = held_out_text(lesson.size(60_000, 200_000))  # another seed's world: text the base never read
+    before = perplexity(base, enc, general, lesson.device, max_batches=8)
+    task = load_task("sentiment", sizes=lesson.size({"train": 64, "validation": 16, "test": 32},
                                                     {"train": 1000, "validation": 50, "test": 100}))
-    steps, every = lesson.size(12, 150), lesson.size(4, 25)
-    settings = [(FullConfig(), lr) for lr in (1e-4, 3e-4, 1e-3)] + [(LORA, lr) for lr in (1e-3, LORA.default_lr)]
-    curves, rows = {}, []
+    steps = lesson.size(12, 160)
+    settings = [(FullConfig(), lr) for lr in lesson.size((1e-4, 1e-3), (1e-4, 3e-4, 1e-3, 3e-3))]
+    settings += [(LoRAConfig(), lr) for lr in (FullConfig.default_lr, LoRAConfig.default_lr)]
+    total, done = len(settings) * len(lesson.seeds), 0
+    runs = {}
     for config, lr in settings:
-        model, _ = lesson.load_base()
-        model = apply_strategy(model, config)
-        history = _train_watching_general(model, enc, task, general, steps, lr, every, eval_batches, lesson.device)
-        curves[f"{config.name}, lr {lr:g}"] = [(0, before)] + history
-        trainable, total = trainable_parameters(model)
-        with tempfile.TemporaryDirectory() as tmp:
-            size = file_size(save_trainable(model, tmp))
-        rows.append({"strategy": config.name, "lr": f"{lr:g}", "trainable %": 100 * trainable / total,
-                     "accuracy": evaluate_task(model, enc, task, device=lesson.device)["accuracy"],
-                     "perplexity before": before, "perplexity after": history[-1][1],
-                     "x before": history[-1][1] / before, "file": human_bytes(size),
-                     "base weights unchanged": base_unchanged(model, base)})
-    lesson.table(f"Sentiment, {steps} steps of batch 16: test accuracy, and general-text perplexity (lower is "
-                 "better) before and after", rows)
-    lesson.record("forgetting_curves", {k: [[s, p] for s, p in v] for k, v in curves.items()})
-    lesson.plot("forgetting.png", lambda ax: _curves(ax, curves, before))
-    _conclude_forgetting(lesson, rows, steps)
+        def one(seed: int) -> dict:
+            nonlocal done
+            name = f"forget-{config.name}-{lr:g}-{seed}"
+            model, _, _ = finetune(lesson.base, task, config, lesson.run_dir(name), max_steps=steps, seed=seed,
+                                   lr=lr, eval_every=steps, quiet=True, checkpoint_every=0, device=lesson.device)
+            after = perplexity(model, enc, general, lesson.device, max_batches=8)
+            acc = evaluate_task(model, enc, task, device=lesson.device)["accuracy"]
+            done += 1
+            print(f"  [{done}/{total}] {config.name} lr {lr:g} seed {seed}: perplexity x{after / before:.2f}, "
+                  f"accuracy {acc:.0%}", flush=True)
+            return {"x before": after / before, "accuracy": acc, "base unchanged": float(base_unchanged(model, base))}
+        runs[config.name, lr] = lesson.over_seeds(one)
+    rows = []
+    for config, lr in settings:
+        r = runs[config.name, lr]
+        rows.append({"strategy": config.name, "lr": f"{lr:g}" + (" (default)" if lr == config.default_lr else ""),
+                     "accuracy": r["accuracy"], "perplexity / base's": r["x before"],
+                     "base weights unchanged": f"{sum(x['base unchanged'] for x in r.runs):.0f} of {len(r)}"})
+    lesson.table(f"Sentiment, {steps} steps of batch 16: test accuracy, and general-text perplexity as a multiple "
+                 f"of the base's ({before:.2f}; higher = more forgotten)", rows)
+    lesson.record("perplexity_before", before)
+    lesson.record("forgetting", {f"{s} lr {lr:g}": r for (s, lr), r in runs.items()})
+    lesson.plot("forgetting.png", lambda ax: _plot_forgetting(ax, runs))
+    _conclude_learning_rate(lesson, runs)
+    _conclude_lora(lesson, runs)
 
 
-def _conclude_forgetting(lesson: Lesson, rows: list[dict], steps: int) -> None:
-    full = [r for r in rows if r["strategy"] == "full"]
-    lora = [r for r in rows if r["strategy"] == "lora"]
-    most, least = max(full, key=lambda r: r["x before"]), min(full, key=lambda r: r["x before"])
-    by_lr = [r["x before"] for r in sorted(full, key=lambda r: float(r["lr"]))]
-    rising = all(a < b for a, b in zip(by_lr, by_lr[1:]))
-    lesson.conclude(f"After {steps} steps on sentiment, full fine-tuning multiplied general-text perplexity by "
-                    f"{least['x before']:.2f}x at lr {least['lr']} (test accuracy {least['accuracy']:.0%}) and by "
-                    f"{most['x before']:.2f}x at lr {most['lr']} (accuracy {most['accuracy']:.0%}): " + (
-                        "the larger the learning rate, the more of the base was lost." if rising else
-                        "forgetting did not grow steadily with the learning rate here."))
-    shared = [(f, l) for f in full for l in lora if f["lr"] == l["lr"]]
-    if shared:
-        lesson.conclude("At the same learning rate: " + "; ".join(
-            f"lr {f['lr']}: full {f['x before']:.2f}x, LoRA {l['x before']:.2f}x "
-            f"({'LoRA forgot less' if l['x before'] < f['x before'] else 'LoRA forgot as much or more'})"
-            for f, l in shared) + ".")
-    # The fair question: did any full run both keep more of the base and learn the task as well as LoRA?
-    dominant = [f for f in full if all(f["x before"] < l["x before"] and f["accuracy"] >= l["accuracy"] for l in lora)]
-    lora_x, lora_acc = [r["x before"] for r in lora], [r["accuracy"] for r in lora]
-    if dominant:
-        d = min(dominant, key=lambda r: r["x before"])
-        lesson.conclude(f"Against the course's claim that PEFT avoids the forgetting full fine-tuning suffers: full "
-                        f"fine-tuning at lr {d['lr']} forgot less ({d['x before']:.2f}x) than every LoRA run "
-                        f"({min(lora_x):.2f}x to {max(lora_x):.2f}x) and scored at least as well ({d['accuracy']:.0%} "
-                        f"against at most {max(lora_acc):.0%}). How much a run forgets depends on how far it moves "
-                        "the model (learning rate and steps), not only on how many parameters it trains.")
+def _conclude_learning_rate(lesson: Lesson, runs: dict) -> None:
+    lrs = sorted(lr for s, lr in runs if s == "full")
+    steps = [lesson.compare(runs["full", hi]["x before"], runs["full", lo]["x before"], (f"lr {hi:g}", f"lr {lo:g}"))
+             for lo, hi in zip(lrs, lrs[1:])]
+    lesson.conclude("Full fine-tuning, general-text perplexity / base's, one learning-rate step at a time (nothing "
+                    "else changed): " + "; ".join(c.text() for c in steps) + ".")
+    up = [c for c in steps if c.winner == c.a]  # the higher rate forgot more, beyond noise
+    down = [c for c in steps if c.winner == c.b]
+    if len(up) == len(steps):
+        verdict = "forgetting grew with every increase of the learning rate in this grid."
+    elif not up and not down:
+        verdict = "no increase of the learning rate changed forgetting beyond noise at this scale."
     else:
-        lesson.conclude(f"No full fine-tuning run both forgot less than every LoRA run ({min(lora_x):.2f}x to "
-                        f"{max(lora_x):.2f}x) and scored as well (LoRA: up to {max(lora_acc):.0%}): here LoRA kept "
-                        "more of the base for what it learned, as the course says.")
-    worst_lora = max(lora, key=lambda r: r["x before"])
-    kept_lora, kept_full = (sum(r["base weights unchanged"] for r in runs) for runs in (lora, full))
-    if worst_lora["x before"] > 1.05:
-        lesson.conclude(f"LoRA's adapted model is not the base either: with the adapter on, general-text perplexity "
-                        f"rose up to {worst_lora['x before']:.2f}x. What LoRA keeps is the base itself: its weights "
-                        f"are bitwise unchanged in {kept_lora} of {len(lora)} LoRA runs (and in {kept_full} of "
-                        f"{len(full)} full runs), so removing the adapter gives the base back exactly.")
+        verdict = (f"forgetting grew beyond noise in {len(up)} of {len(steps)} increases of the learning rate"
+                   + (f" and fell in {len(down)}" if down else "") + "; the other steps show no difference beyond noise.")
+    lesson.conclude("So " + verdict)
+    default, low = runs["full", FullConfig.default_lr], runs["full", lrs[0]]
+    acc = lesson.compare(default["accuracy"], low["accuracy"], (f"lr {FullConfig.default_lr:g}", f"lr {lrs[0]:g}"))
+    lesson.conclude(f"Test accuracy at the default rate against the smallest: {acc.text()}.")
 
 
-def _train_watching_general(model, enc, task, general: list[str], steps: int, lr: float, every: int,
-                            eval_batches: int, device: str) -> list[tuple[int, float]]:
-    """Fine-tune with finetune()'s schedule, but let the loop's evaluation measure general text instead of the task.
-
-    Returns [(step, general-text perplexity)] every `every` steps.
-    """
-    room = model.max_input_tokens
-    train_data = supervised(task, "train", enc, room, batch_size=16)
-    watch = TokenStream(encode_documents(enc, general), room, batch_size=16, max_eval_batches=eval_batches)
-    cfg = TrainConfig(max_steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=steps // 10, eval_every=every,
-                      device=device, quiet=True)
-    result = train(model, train_data, watch, cfg)
-    return [(h["step"], math.exp(h["val_loss"])) for h in result.history]
-
-
-
-
-def _activation_bytes(model, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Bytes of the tensors autograd saves during the forward pass for backward, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: set[int] = set()
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params and storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())  # views of one buffer (q, k, v of one matmul) count once
-            total += storage.nbytes()
-        return t
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _, loss = model(x, y)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    return total
+def _conclude_lora(lesson: Lesson, runs: dict) -> None:
+    same = FullConfig.default_lr
+    c = lesson.compare(runs["full", same]["x before"], runs["lora", same]["x before"], ("full", "LoRA"))
+    lesson.conclude(f"At the same learning rate ({same:g}), perplexity / base's: {c.text()}. Only the strategy "
+                    "differed between these two cells.")
+    full, lora = runs["full", FullConfig.default_lr], runs["lora", LoRAConfig.default_lr]
+    names = (f"full at {FullConfig.default_lr:g}", f"LoRA at {LoRAConfig.default_lr:g}")
+    forget, acc = lesson.compare(full["x before"], lora["x before"], names), lesson.compare(full["accuracy"],
+                                                                                          lora["accuracy"], names)
+    lesson.conclude(f"Each at its default learning rate: perplexity / base's, {forget.text()}; test accuracy, "
+                    f"{acc.text()}.")
+    if forget.winner == names[0]:
+        lesson.conclude("That agrees with the course's claim that PEFT avoids the forgetting of full fine-tuning, for "
+                        "these two recipes (they differ in learning rate as well as strategy).")
+    elif forget.winner == names[1]:
+        lesson.conclude("That disagrees with the course's claim that PEFT avoids the forgetting of full fine-tuning: "
+                        f"here the LoRA recipe forgot more (it also used a "
+                        f"{LoRAConfig.default_lr / FullConfig.default_lr:g}x larger learning rate).")
+    else:
+        lesson.conclude("The course says PEFT avoids the forgetting of full fine-tuning; these two recipes show no "
+                        "difference in forgetting beyond noise at this scale.")
+    kept = sum(x["base unchanged"] for r in (runs["lora", lr] for s, lr in runs if s == "lora") for x in r.runs)
+    n = sum(len(r) for (s, _), r in runs.items() if s == "lora")
+    lesson.conclude(f"What LoRA keeps for certain is the base itself: its weights were bitwise unchanged in {kept:.0f} "
+                    f"of {n} LoRA runs, so removing the adapter gives back the base's perplexity exactly.")
 
 
-def _curves(ax, curves: dict, before: float) -> None:
-    for label, points in curves.items():
-        ax.plot([s for s, _ in points], [p for _, p in points], marker="o", ms=3,
-                ls="--" if label.startswith("lora") else "-", label=label)
-    ax.axhline(before, color="grey", lw=0.8, ls=":", label="base")
-    ax.set_yscale("log")
-    ax.set_xlabel("fine-tuning step (sentiment)")
-    ax.set_ylabel("general-text perplexity (log scale)")
-    ax.set_title("Forgetting: full fine-tuning vs LoRA")
+def _plot_forgetting(ax, runs: dict) -> None:
+    for strategy in ("full", "lora"):
+        lrs = sorted(lr for s, lr in runs if s == strategy)
+        plot_seeds(ax, lrs, [runs[strategy, lr]["x before"] for lr in lrs], label=strategy)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="base")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("general-text perplexity / base's")
+    ax.set_title("Forgetting after fine-tuning on sentiment (mean ± sd over seeds)")
     ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> dict:
     lesson = Lesson.start(2, "Full fine-tuning", __doc__, argv)
     memory_measured(lesson)
-    memory_extrapolated(lesson)
+    activations_checked(lesson)
+    memory_at_scale(lesson)
     copy_per_task(lesson)
     forgetting(lesson)
     return lesson.finish()
