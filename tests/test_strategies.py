@@ -687,3 +687,13 @@ def test_switching_task_adapters_on_one_frozen_base(tmp_path):
     with pytest.raises(CheckpointError, match="carries"):
         save_trainable(apply_strategy(base(), LoRAConfig(r=4)), tmp_path / "c")
         load_trainable(served, tmp_path / "c")
+
+
+def test_strategies_apply_to_a_model_on_the_meta_device():
+    """Counting memory for big shapes builds the model on the meta device: no weights, only shapes."""
+    from minitune.strategies import LoRAConfig, apply_strategy, trainable_parameters
+
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    lora = apply_strategy(model, LoRAConfig(r=2))
+    assert trainable_parameters(lora)[0] == 2 * 2 * (32 + 96)

@@ -102,13 +102,16 @@ def base_fingerprint(model: nn.Module) -> str:
     """sha256 over the frozen tensors (names, dtypes, shapes, bytes): which base a trained part belongs to.
 
     Frozen parameters, and buffers: a base held in 4 bits (QLoRA) keeps its weights as buffers of codes.
+    A model on the meta device (shapes only, e.g. to count memory) has no bytes: its fingerprint covers
+    names, dtypes and shapes.
     """
     h = hashlib.sha256()
     frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
     for name, p in sorted(frozen) + sorted(model.named_buffers()):
-        t = p.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(f"{name}|{p.dtype}|{tuple(p.shape)}|".encode())
+        if p.is_meta or not p.numel():
+            continue
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
