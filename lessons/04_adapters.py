@@ -62,7 +62,7 @@ from minitune.lesson import Lesson, held_out_text, perplexity
 from minitune.stats import best_of
 from minitune.strategies import AdapterConfig, apply_strategy, load_trainable, save_trainable, trainable_parameters
 from minitune.strategies.adapter import PLACEMENTS, Bottleneck
-from minitune.studies import (BATCH, EVALS, compare_runs, curve, draw_curves, draw_quality, start_loss, steps,
+from minitune.studies import (BATCH, EVALS, compare_runs, curve, draw_curves, draw_quality, steps,
                               study_task, test_scores, validation_batches, fine_tune_seeds)
 from minitune.train import TrainConfig, evaluate_loss, train
 
@@ -102,22 +102,22 @@ def bottleneck_sweep(lesson: Lesson, task, base_config) -> dict:
     lo, hi = widths[0], widths[-1]
     text, _ = compare_runs(lesson, runs[hi], runs[lo], (f"m = {hi}", f"m = {lo}"))
     narrowest = min(pick.tied)
+    grew = runs[hi].runs[0]["trainable"] / runs[lo].runs[0]["trainable"]
+    others = [f"m = {m}" for m in pick.tied if m != pick.best]
     lesson.conclude(
-        f"From m = {lo} to m = {hi} the adapters grew {runs[hi].runs[0]['trainable'] / runs[lo].runs[0]['trainable']:.0f}x"
-        f"; {text}. The lowest mean test label loss was at m = {pick.best}; the noise rule could not tell "
-        + ", ".join(f"m = {m}" for m in pick.tied if m != pick.best) + " from it" if len(pick.tied) > 1 else
-        f"From m = {lo} to m = {hi} the adapters grew {runs[hi].runs[0]['trainable'] / runs[lo].runs[0]['trainable']:.0f}x"
-        f"; {text}. The lowest mean test label loss was at m = {pick.best}, beyond noise of every other width")
+        f"From m = {lo} to m = {hi} the adapters grew {grew:.0f}x; {text}. The lowest mean test label loss was at "
+        f"m = {pick.best}" + (f"; the noise rule could not tell {', '.join(others)} from it." if others else
+                              ", beyond noise of every other width."))
     lesson.conclude(
         f"The narrowest width within noise of the best was m = {narrowest}"
-        + (f", well below the model's width d = {base_config.n_embd}: a narrow bottleneck sufficed here, as "
-           "Houlsby et al. found on their larger models." if narrowest < base_config.n_embd // 2 else
-           f", close to the model's width d = {base_config.n_embd}, hardly a bottleneck: unlike Houlsby et al.'s "
-           "larger models, a narrow adapter was not enough here.")
+        + (f", well below the model's width d = {base_config.n_embd}: no loss of quality from a narrow bottleneck "
+           "was shown here, as Houlsby et al. found on their larger models." if narrowest < base_config.n_embd // 2
+           else f", close to the model's width d = {base_config.n_embd}, hardly a bottleneck: unlike on Houlsby et "
+           "al.'s larger models, the narrower adapters lost quality here.")
         + (f" ({len(widths) - 1} widths were each compared with the best at the 5% level, so one in twenty such "
            "comparisons comes out different by chance.)" if len(widths) > 2 else ""))
-    lesson.plot("bottleneck_sweep.png", lambda ax: draw_quality(ax, widths, list(runs.values()), "bottleneck m (log scale)",
-                                                                f"Adapter bottleneck on {TASK} (Houlsby placement)"))
+    lesson.plot("bottleneck_sweep.png", lambda ax: draw_quality(
+        ax, widths, list(runs.values()), "bottleneck m (log scale)", f"Adapter bottleneck on {TASK} (Houlsby placement)"))
     return runs
 
 
@@ -228,13 +228,15 @@ def initialisation(lesson: Lesson, task, runs: dict) -> None:
             return {**{f"start {k}": v for k, v in at_start.items()}, **trained}
         return lesson.over_seeds(one)
 
+    normal = lambda std: _altered(lambda b: torch.nn.init.normal_(b.up.weight, std=std))  # noqa: E731
     inits = {"identity (W_up = 0, package default)": run(None, None),
-             "W_up ~ N(0, 0.02^2)": run("init-up-0.02", _altered(lambda b: torch.nn.init.normal_(b.up.weight, std=0.02))),
-             "W_up ~ N(0, 0.2^2)": run("init-up-0.2", _altered(lambda b: torch.nn.init.normal_(b.up.weight, std=0.2))),
+             "W_up ~ N(0, 0.02^2)": run("init-up-0.02", normal(0.02)),
+             "W_up ~ N(0, 0.2^2)": run("init-up-0.2", normal(0.2)),
              "nn.Linear's default init, down and up": run("init-linear-default", _altered(
                  lambda b: (b.down.reset_parameters(), b.up.reset_parameters())))}
     rows = [{"initialisation": name, "step 0: max |logit - base|": f"{r['start max |logit - base|'].max:.1e}",
-             "step 0: task val loss": r["start task val loss"], "step 0: general perplexity": r["start general perplexity"],
+             "step 0: task val loss": r["start task val loss"],
+             "step 0: general perplexity": r["start general perplexity"],
              "trained: test accuracy": r["accuracy"], "trained: test label loss": r["label loss"]}
             for name, r in inits.items()]
     lesson.record("step0_base", {"task val loss": base_loss, "general perplexity": base_ppl})
@@ -245,7 +247,8 @@ def initialisation(lesson: Lesson, task, runs: dict) -> None:
                       "held-out tiny-world text, what the base was pretrained to model")
     names = list(inits)
     ident, others = inits[names[0]], names[1:]
-    exact = (ident["start max |logit - base|"].max == 0 and ident["start task val loss"].values == (base_loss,) * len(ident)
+    exact = (ident["start max |logit - base|"].max == 0
+             and ident["start task val loss"].values == (base_loss,) * len(ident)
              and ident["start general perplexity"].values == (base_ppl,) * len(ident))
     lesson.conclude(
         f"With W_up = 0 the adapted model's logits differed from the base's by at most "
