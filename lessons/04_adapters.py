@@ -44,7 +44,7 @@ the adapters, so training and inference run faster.
 How quality is measured. Topic classification (five topics), because on sentiment the tiny base's
 adapters reach the ceiling of accuracy and every setting looks alike. Every trained setting runs with
 three seeds at the adapters' default learning rate (1e-2, from the recorded sweep) and the standard
-budget (160 steps of batch 16, 1000 training examples), and is scored on 200 test items: accuracy,
+budget (160 steps of batch 16, 1000 training examples), and is scored on 300 test items: accuracy,
 and the label loss, -log p(right topic), p normalised over the five topic words. Two settings are
 called different only when the package's noise rule (Welch's t over the seeds, minitune/stats.py)
 says so; otherwise the lesson says there is no difference beyond noise at this scale.

@@ -41,6 +41,7 @@ from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.data import pretraining_corpus, split
 from minitune.data.batches import TokenStream, encode_documents
 from minitune.errors import ConfigError
+from minitune.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
 from minitune.pretrain import load_run, runs_dir
 from minitune.stats import Cell, Comparison, differs, summarize
 from minitune.train import evaluate_loss, make_optimizer, TrainConfig, resolve_device
@@ -129,7 +130,12 @@ class Lesson:
     def cell(self, task_name: str, config, seed: int) -> dict:
         """`config` fine-tuned on the task with `seed` at the standard budget and scored on test, with the
         general text's perplexity along the run: the same numbers in every lesson (minitune.cells)."""
-        return task_cell(self.base, task_name, config, seed, self.budget, self.device, general=self.general_text)
+        t0 = time.perf_counter()
+        cell = task_cell(self.base, task_name, config, seed, self.budget, self.device, general=self.general_text)
+        took = time.perf_counter() - t0
+        print(f"    {task_name} / {config.name} / seed {seed}: {cell['metric']} {cell['score']:.3f} "
+              f"({f'{took:.0f} s' if took > 1 else 'read back from runs/cells'})", flush=True)
+        return cell
 
     def run_dir(self, name: str) -> Path:
         """A folder for one fine-tuning run of this lesson."""
@@ -285,44 +291,15 @@ def _is_real(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def plot_seeds(ax, xs: Sequence, cells: Sequence[Cell | Sequence[float]], label: str | None = None,
-               color=None, line: bool = True, marker: str = "o"):
-    """Every seed's value as a faint dot, the mean with a ± sd error bar (joined by a line if `line`).
-
-    xs may be numbers (a rank, a learning rate) or names (then placed at 0, 1, 2, ... and written under
-    the axis). Returns the mean line's colour, so a caller can match other marks to it.
-    """
-    cells = [summarize(c) for c in cells]
-    named = any(isinstance(x, str) for x in xs)
-    pos = list(range(len(xs))) if named else list(xs)
-    sd = [0.0 if c.n < 2 else c.sd for c in cells]
-    bars = ax.errorbar(pos, [c.mean for c in cells], yerr=sd, label=label, color=color, marker=marker,
-                       linestyle="-" if line else "none", capsize=3, zorder=3)
-    color = bars.lines[0].get_color()
-    for x, c in zip(pos, cells):
-        ax.scatter([x] * c.n, c.values, s=12, color=color, alpha=0.4, zorder=2, linewidths=0)
-    if named:
-        ax.set_xticks(pos, [str(x) for x in xs])
-    return color
-
-
-def bar_seeds(ax, names: Sequence[str], cells: Sequence[Cell | Sequence[float]], label: str | None = None,
-              offset: float = 0.0, width: float = 0.8, color=None):
-    """Bars of the means with ± sd error bars and every seed's value as a dot on its bar.
-
-    For grouped bars call it once per group with a shared width and offsets (e.g. -0.2 and +0.2 with
-    width 0.4). Returns the bars' colour.
-    """
-    cells = [summarize(c) for c in cells]
-    pos = [i + offset for i in range(len(names))]
-    sd = [0.0 if c.n < 2 else c.sd for c in cells]
-    bars = ax.bar(pos, [c.mean for c in cells], width=width, yerr=sd, capsize=3, label=label, color=color,
-                  alpha=0.75, zorder=2)
-    color = bars.patches[0].get_facecolor() if bars.patches else color
-    for x, c in zip(pos, cells):
-        ax.scatter([x] * c.n, c.values, s=12, color="black", alpha=0.6, zorder=3, linewidths=0)
-    ax.set_xticks(range(len(names)), list(names))
-    return color
+def and_list(items: Sequence[str], empty: str = "none") -> str:
+    """'a', 'a and b', 'a, b and c' (or `empty`): names in a sentence. Items that hold commas themselves
+    (a name with its numbers) are joined by semicolons: 'a (1, 2); b (3, 4)'."""
+    items = list(items)
+    if not items:
+        return empty
+    if any("," in item for item in items):
+        return "; ".join(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def held_out_text(target_bytes: int) -> list[str]:

@@ -236,7 +236,7 @@ class Comparison:
         'lora (0.812) and full (0.801): no difference beyond noise at this scale (Welch t, p = 0.41; 3 seeds each)'
         """
         fmt = lambda name, m: f"{name} ({m:.{digits}f})"  # noqa: E731
-        how = f"{self.test}, {_p_text(self.p)}; {_count(self.n_a, self.n_b, self.unit)}"
+        how = f"{self.test}, {p_text(self.p)}; {_count(self.n_a, self.n_b, self.unit)}"
         if self.note:
             how += f"; {self.note}"
         if self.beyond_noise:
@@ -318,7 +318,7 @@ def best_of(cells: Mapping[str, Sequence[float] | Cell], higher_is_better: bool 
     return Best(best, tied, comparisons)
 
 
-def _p_text(p: float) -> str:
+def p_text(p: float) -> str:
     if math.isnan(p):
         return "untested"
     if p < 0.001:

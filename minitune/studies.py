@@ -3,7 +3,7 @@
 A study varies one setting of a strategy (an adapter's width, a soft prompt's length, a learning rate)
 and measures each value over the lesson's seeds:
 
-    task = study_task(lesson, "topic")                             # train 1000 / validation 200 / test 200
+    task = study_task(lesson, "topic")                             # train 1000 / validation 100 / test 300
     runs = fine_tune_seeds(lesson, task, AdapterConfig(bottleneck=4), "m4")   # SeedRuns, one run per seed
     runs["label loss"]                                             # a Cell: '0.412 ± 0.031'
     choice = choose_rate(lesson, task, PromptTuningConfig(n_tokens=5), (0.03, 0.1, 0.3), "n5")
@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from minitune.cells import Budget
 from minitune.checkpoint import read_json
-from minitune.data.tasks import load_task
 from minitune.evaluate import classify_scores
 from minitune.finetune import RUN, finetune, supervised
 from minitune.lesson import Lesson, SeedRuns, plot_seeds
@@ -36,23 +36,20 @@ from minitune.stats import Best, Cell, best_of, summarize
 from minitune.strategies import apply_strategy
 from minitune.train import evaluate_loss, seed_everything
 
-STEPS, QUICK_STEPS = 160, 10    # the standard budget (the sweep's), and what --quick trains
-EVALS = 4                       # validation evaluations per run: fine-tuning keeps the best of them
-BATCH = 16
-SIZES = {"train": 1000, "validation": 200, "test": 200}
-QUICK_SIZES = {"train": 64, "validation": 16, "test": 32}
+BATCH = Budget().batch_size                   # the standard budget (minitune.cells), as every lesson trains
+EVALS = Budget().steps // Budget().eval_every  # validation evaluations per run: fine-tuning keeps the best
 
 Measure = Callable[[object, object], dict]  # (trained model, tokenizer) -> more numbers for the run
 
 
 def study_task(lesson: Lesson, name: str):
-    """The task at the studies' sizes (the sweep's train size; 200 validation and 200 test items)."""
-    return load_task(name, sizes=lesson.size(QUICK_SIZES, SIZES))
+    """The task at the standard budget's sizes (minitune.cells.Budget), as lessons 1 and 6 see it."""
+    return lesson.budget.task(name)
 
 
 def steps(lesson: Lesson) -> int:
     """Training steps per run: the standard 160, or a handful with --quick."""
-    return lesson.size(QUICK_STEPS, STEPS)
+    return lesson.budget.steps
 
 
 def test_scores(lesson: Lesson, model, enc, task) -> dict:
@@ -75,7 +72,7 @@ def fine_tune(lesson: Lesson, task, config, name: str, seed: int = 0, lr: float 
     n = steps(lesson)
     model, enc, out = finetune(base or lesson.base, task, config, lesson.run_dir(name), max_steps=n,
                                batch_size=BATCH, lr=lr, seed=seed, device=lesson.device,
-                               eval_every=max(1, n // EVALS), quiet=True, checkpoint_every=0)
+                               eval_every=lesson.budget.eval_every, quiet=True, checkpoint_every=0)
     run = read_json(out / RUN)
     result = {**test_scores(lesson, model, enc, task), "val loss": run["best_val_loss"],
               "trainable": run["trainable_params"], "total": run["total_params"], "seconds": run["seconds"],

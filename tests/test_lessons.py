@@ -36,13 +36,16 @@ def test_there_is_a_lesson_per_module():
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
-def test_lesson_runs_quick_and_reports_finite_numbers(path, nano_run, tmp_path, capsys):
+def test_lesson_runs_quick_and_reports_finite_numbers(path, nano_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MINITUNE_RUNS", str(tmp_path / "runs"))  # the shared cells go here, not into ./runs
     module = load(path)
     assert module.__doc__ and "Run" in module.__doc__ and "minitune/" in module.__doc__  # how to read it
     returned = module.main(["--quick", "--base", str(nano_run), "--out", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] is True and results["lesson"] == int(path.name[:2])
     assert results["tables"] and results["conclusions"]
+    summary = (tmp_path / "summary.md").read_text()  # what README's section is built from
+    assert summary.startswith(f"### Lesson {results['lesson']}") and all(c in summary for c in results["conclusions"])
     values = list(numbers(results["tables"])) + list(numbers(results["numbers"]))
     assert values and all(math.isfinite(v) for v in values)
     for rows in results["tables"].values():
