@@ -73,11 +73,12 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer, step_only: bool = False
 def training_memory(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Bytes of weights, gradients (the .grad that exist) and optimizer state, measured from the tensors.
 
+    Weights are every parameter and every buffer: a 4-bit base (QLoRA) holds its frozen weights as buffers.
     `optimizer_step` is the part of `optimizer` held by AdamW's per-tensor `step` counters.
     """
     params = list(model.parameters())  # each tensor once, tied weights included
     out = {
-        "weights": tensor_bytes(params),
+        "weights": tensor_bytes([*params, *model.buffers()]),
         "gradients": tensor_bytes(p.grad for p in params if p.grad is not None),
         "optimizer": tensor_bytes(_optimizer_tensors(optimizer)) if optimizer is not None else 0,
         "optimizer_step": tensor_bytes(_optimizer_tensors(optimizer, True)) if optimizer is not None else 0,

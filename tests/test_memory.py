@@ -11,7 +11,8 @@ from minitune.memory import (
     saved_activation_bytes, tensor_bytes, training_memory,
 )
 from minitune.model import GPT, GPTConfig, count_parameters
-from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy
+from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, QLoRAConfig,
+                                 apply_strategy)
 from minitune.train import TrainConfig, make_optimizer
 
 ALL = [FullConfig(), LoRAConfig(r=8, targets=("c_attn",)), AdapterConfig(bottleneck=16), PromptTuningConfig(n_tokens=20)]
@@ -76,6 +77,24 @@ def test_training_memory_counts_only_what_exists():
     assert fresh["total"] == fresh["weights"] == 4 * model.num_parameters()
     optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
     assert training_memory(model, optimizer)["optimizer"] == 0  # AdamW's state appears at the first step
+
+
+def test_a_4bit_base_counts_its_codes_and_absmaxes_as_weights():
+    """QLoRA's frozen weights are NF4 buffers, not parameters. Catches counting parameters only, which leaves
+    a 4-bit base's linear weights out of its memory altogether."""
+    model = apply_strategy(nano(), QLoRAConfig(r=8, targets=("c_attn",)))
+    measured = measure_training_memory(model, batch(model))
+    c = model.config
+    linear = [(3 * c.n_embd, c.n_embd), (c.n_embd, c.n_embd), (4 * c.n_embd, c.n_embd), (c.n_embd, 4 * c.n_embd)]
+
+    def nf4_bytes(numel: int, block: int = 64, scale_block: int = 256) -> int:  # codes, absmax codes, scales, mean
+        blocks = -(-numel // block)
+        return blocks * block // 2 + blocks + 4 * -(-blocks // scale_block) + 4
+
+    floats = 4 * sum(p.numel() for p in model.parameters())  # embeddings, LayerNorms, biases, A and B
+    assert measured["weights"] == floats + c.n_layer * sum(nf4_bytes(o * i) for o, i in linear)
+    formula = memory_formula(model)  # what trains is LoRA's alone: the buffers take no gradient or moments
+    assert (measured["gradients"], measured["optimizer"]) == (formula["gradients"], formula["optimizer"])
 
 
 def test_tensor_bytes_counts_each_tensor_once_and_respects_dtype():
