@@ -90,6 +90,7 @@ import torch
 from minitune.bench import inference_case, run_interleaved
 from minitune.checkpoint import read_json
 from minitune.data.tasks import load_task
+from minitune.errors import TrainingError
 from minitune.evaluate import evaluate_task
 from minitune.finetune import finetune, supervised
 from minitune.lesson import Lesson, bar_seeds, plot_seeds
@@ -140,22 +141,28 @@ class Progress:
     def __init__(self, total: int):
         self.total, self.done, self.t0 = total, 0, time.perf_counter()
 
-    def tick(self, what: str, val_loss: float) -> None:
+    def tick(self, what: str, outcome: str) -> None:
         self.done += 1
         left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
-        print(f"  [{self.done:>{len(str(self.total))}}/{self.total}] {what}: validation loss {val_loss:.3f}"
-              f"   (~{left / 60:.1f} min left)", flush=True)
+        print(f"  [{self.done:>{len(str(self.total))}}/{self.total}] {what}: {outcome}   (~{left / 60:.1f} min left)",
+              flush=True)
 
 
 def train_once(lesson: Lesson, task, config, lr: float, seed: int, name: str, progress: Progress) -> dict:
-    """Fine-tune the base with `config` at rate lr: its lowest validation loss, its counts, and the model."""
-    model, _, out = finetune(lesson.base, task, config, lesson.run_dir(f"{name}-lr{lr:g}-seed{seed}"),
-                             max_steps=lesson.size(8, STEPS), lr=lr, seed=seed, device=lesson.device,
-                             eval_every=lesson.size(4, STEPS // 4), quiet=True, checkpoint_every=0)
+    """Fine-tune the base with `config` at rate lr: its lowest validation loss, its counts, and the model
+    (or, when training stopped on a non-finite loss, diverged: this rate is too large for this setting)."""
+    what = f"{name}, lr {lr:g}, seed {seed}"
+    try:
+        model, _, out = finetune(lesson.base, task, config, lesson.run_dir(f"{name}-lr{lr:g}-seed{seed}"),
+                                 max_steps=lesson.size(8, STEPS), lr=lr, seed=seed, device=lesson.device,
+                                 eval_every=lesson.size(4, STEPS // 4), quiet=True, checkpoint_every=0)
+    except TrainingError:
+        progress.tick(what, "diverged")
+        return {"val loss": math.nan, "diverged": True}
     run = read_json(out / "run.json")
-    progress.tick(f"{name}, lr {lr:g}, seed {seed}", run["best_val_loss"])
+    progress.tick(what, f"validation loss {run['best_val_loss']:.3f}")
     return {"val loss": run["best_val_loss"], "trainable": run["trainable_params"], "total": run["total_params"],
-            "model": model}
+            "diverged": False, "model": model}
 
 
 @torch.no_grad()
@@ -176,27 +183,40 @@ def test_scores(lesson: Lesson, task, enc, runs) -> dict[str, Cell]:
 
 def sweep(lesson: Lesson, task, enc, config, name: str, progress: Progress, rates: list[float] | None = None) -> dict:
     """`config` at each rate (default: its grid around default_lr) over the seeds. The chosen rate is the
-    lowest mean validation loss (stats.best_of); `tied` are the rates within noise of it; test scores
-    are read at the chosen rate only."""
+    lowest mean validation loss (stats.best_of) among the rates where no seed diverged; `tied` are the
+    rates within noise of it; test scores are read at the chosen rate only."""
     rates = rates or grid(type(config).default_lr)
     runs = {lr: lesson.over_seeds(lambda seed: train_once(lesson, task, config, lr, seed, name, progress))
             for lr in rates}
-    pick = best_of({f"{lr:g}": runs[lr]["val loss"] for lr in rates}, higher_is_better=False)
-    best = next(lr for lr in rates if f"{lr:g}" == pick.best)
+    usable = [lr for lr in rates if not any(run["diverged"] for run in runs[lr].runs)]
+    if not usable:
+        raise TrainingError(f"{name}: training diverged at every rate ({rates_text(rates)})")
+    pick = best_of({f"{lr:g}": runs[lr]["val loss"] for lr in usable}, higher_is_better=False)
+    best = next(lr for lr in usable if f"{lr:g}" == pick.best)
     for lr in rates:  # keep the models that may still be scored: the chosen rate's and the default's
         if lr not in (best, type(config).default_lr):
             for run in runs[lr].runs:
-                run.pop("model")
+                run.pop("model", None)
     first = runs[best].runs[0]
-    return {"config": config, "rates": rates, "runs": runs, "best": best,
-            "tied": [lr for lr in rates if f"{lr:g}" in pick.tied],
+    return {"config": config, "rates": rates, "runs": runs, "best": best, "usable": usable,
+            "tied": [lr for lr in usable if f"{lr:g}" in pick.tied],
             "edge": len(rates) > 1 and best in (rates[0], rates[-1]),
             "trainable": first["trainable"], "total": first["total"],
             "test": test_scores(lesson, task, enc, runs[best])}
 
 
+def val_loss(cell: dict, lr: float) -> Cell | str:
+    """The validation loss Cell of a swept cell at rate lr, or how many of its seeds diverged."""
+    if lr in cell["usable"]:
+        return cell["runs"][lr]["val loss"]
+    runs = cell["runs"][lr].runs
+    return f"diverged {sum(run['diverged'] for run in runs)}/{len(runs)}"
+
+
 def at_rate(lesson: Lesson, task, enc, cell: dict, lr: float) -> dict[str, Cell]:
     """Test scores of a swept cell at rate lr (its chosen rate's are already there)."""
+    if lr not in cell["usable"]:
+        raise TrainingError(f"no test scores at rate {lr:g}: training diverged there")
     return cell["test"] if lr == cell["best"] else test_scores(lesson, task, enc, cell["runs"][lr])
 
 
@@ -270,7 +290,7 @@ def rank_and_rate(lesson: Lesson, task, enc, base_config, ranks: tuple[int, ...]
     named = [(f"LoRA {scheme}", r, cell) for (scheme, r), cell in cells.items()] + [("full FT", None, full)]
     lesson.table(f"Validation loss at each rate ({TASK}, LoRA on c_attn, {lesson.size(8, STEPS)} steps)",
                  [{"method": name, "r": "" if r is None else r, "s": "" if r is None else cell["config"].scaling,
-                   "rate": f"{lr:g}", "validation loss": cell["runs"][lr]["val loss"],
+                   "rate": f"{lr:g}", "validation loss": val_loss(cell, lr),
                    "": ", ".join(m for m, on in (("chosen", lr == cell["best"]),
                                                   ("within noise of it", lr in cell["tied"] and lr != cell["best"]),
                                                   ("grid edge", lr == cell["best"] and cell["edge"])) if on)}
@@ -342,6 +362,22 @@ def rs_move(cells: dict, ranks) -> str:
     return moved + ", but the rates within noise of the best overlap at the two ranks: no move beyond noise."
 
 
+def fixed_rate_conclusion(lesson: Lesson, task, enc, cells: dict, big: int) -> None:
+    """rsLoRA's own claim: at one fixed rate (LoRA's default), does it help the largest rank?"""
+    lr, pair = LoRAConfig.default_lr, (cells[(ALPHA_R, big)], cells[(RSLORA, big)])
+    if any(lr not in cell["usable"] for cell in pair):
+        lesson.conclude(f"At r = {big} and rate {lr:g}, training diverged for a scheme: no fixed-rate comparison.")
+        return
+    c = lesson.compare(at_rate(lesson, task, enc, pair[0], lr)["test loss"],
+                       at_rate(lesson, task, enc, pair[1], lr)["test loss"],
+                       (f"alpha / r at r = {big}", f"rsLoRA at r = {big}"))
+    lesson.conclude(
+        f"At one fixed rate ({lr:g}), test loss: {c.text(verb='is higher than')}. Kalajdzievski reports that at a "
+        "fixed rate alpha / r leaves a large rank learning too slowly and rsLoRA does better: "
+        + {f"rsLoRA at r = {big}": "so it was here.", f"alpha / r at r = {big}": "here alpha / r did better."}.get(
+            lower(c), "here no difference was found beyond noise."))
+
+
 def quality_conclusions(lesson: Lesson, task, enc, cells: dict, full: dict, ranks, ref: int) -> None:
     """What rank buys at each rank's own best rate, whether the scheme matters, and LoRA against full FT."""
     rank_of = {f"r = {r}": r for r in ranks}
@@ -365,14 +401,7 @@ def quality_conclusions(lesson: Lesson, task, enc, cells: dict, full: dict, rank
     lesson.conclude("Once the rate was tuned per rank, the scale scheme made "
                     + (f"a difference beyond noise at r = {' and '.join(map(str, differ))}." if differ else
                        "no difference beyond noise at either end of the rank range."))
-    lr, big = LoRAConfig.default_lr, ranks[-1]
-    fixed = {scheme: at_rate(lesson, task, enc, cells[(scheme, big)], lr)["test loss"] for scheme in (ALPHA_R, RSLORA)}
-    c = lesson.compare(fixed[ALPHA_R], fixed[RSLORA], (f"alpha / r at r = {big}", f"rsLoRA at r = {big}"))
-    lesson.conclude(
-        f"At one fixed rate ({lr:g}), test loss: {c.text(verb='is higher than')}. Kalajdzievski reports that at a "
-        "fixed rate alpha / r leaves a large rank learning too slowly and rsLoRA does better: "
-        + {f"rsLoRA at r = {big}": "so it was here.", f"alpha / r at r = {big}": "here alpha / r did better."}.get(
-            lower(c), "here no difference was found beyond noise."))
+    fixed_rate_conclusion(lesson, task, enc, cells, ranks[-1])
     best = cells[(ALPHA_R, rank_of[pick.best])]
     for key in ("test loss", "test exact match"):
         c = lesson.compare(best["test"][key], full["test"][key], (f"LoRA on c_attn at {pick.best}", "full FT"))
@@ -390,9 +419,9 @@ def draw_rates(ax, cells: dict, full: dict, ranks, ref: int) -> None:
         if scheme == RSLORA and r == ref:
             continue  # the same runs as alpha / r
         label = f"{scheme}, r = {r}" + (" (both)" if r == ref else "")
-        plot_seeds(ax, cell["rates"], [cell["runs"][lr]["val loss"] for lr in cell["rates"]], label=label,
+        plot_seeds(ax, cell["usable"], [cell["runs"][lr]["val loss"] for lr in cell["usable"]], label=label,
                    color=colors[r], marker="o" if scheme == ALPHA_R else "s")
-    plot_seeds(ax, full["rates"], [full["runs"][lr]["val loss"] for lr in full["rates"]], label="full FT",
+    plot_seeds(ax, full["usable"], [full["runs"][lr]["val loss"] for lr in full["usable"]], label="full FT",
                color="black", marker="D")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
@@ -423,11 +452,11 @@ def targets(lesson: Lesson, task, enc, base_config, cells: dict, full: dict, ref
     for name, tgt in TARGETS:
         if tgt == ("c_attn",):  # made in part 2
             cell = cells[(ALPHA_R, ref)]
-            scored[name] = {"trainable": cell["trainable"], "val loss": cell["runs"][lr]["val loss"],
+            scored[name] = {"trainable": cell["trainable"], "val loss": val_loss(cell, lr),
                             **at_rate(lesson, task, enc, cell, lr), "models": cell["runs"][lr].runs}
         else:
             cell = sweep(lesson, task, enc, lora(ALPHA_R, ref, ref, tgt), "targets-" + "+".join(tgt), progress, [lr])
-            scored[name] = {"trainable": cell["trainable"], "val loss": cell["runs"][lr]["val loss"], **cell["test"],
+            scored[name] = {"trainable": cell["trainable"], "val loss": val_loss(cell, lr), **cell["test"],
                             "models": cell["runs"][lr].runs}
     rows = [{"adapted": name, "trainable": s["trainable"], "closed form": closed_form(base_config, ref, tgt),
              "validation loss": s["val loss"], "test loss": s["test loss"], "test exact match": s["test exact match"]}
