@@ -21,7 +21,9 @@ Every comparison in parts 2 and 3 goes through the package's noise rule (minitun
 on the per-seed values); where it finds no difference, the lesson says so rather than pick a winner.
 
 Read alongside: minitune/strategies/lora.py (the whole method, ~200 lines); save_trainable and
-trainable_parameters in minitune/strategies/__init__.py; grid() in minitune/sweep.py (the rates tried).
+trainable_parameters in minitune/strategies/__init__.py; grid() in minitune/sweep.py (the rates tried:
+each default with the 1-3-10 ladder's neighbours, 3e-3, 1e-2, 3e-2 for LoRA, 3e-4, 1e-3, 3e-3 for full
+fine-tuning); differs and best_of in minitune/stats.py (the noise rule).
 
 Run:  python lessons/03_lora.py            about 7 minutes on 2 CPU cores (60 fine-tunes of 160 steps;
                                            estimated from the measured cost of one run, with the tiny
@@ -53,8 +55,9 @@ The scale and the rate are nearly one knob. Because AdamW's step is about lr per
 each step changes s B A by about s * lr: doubling s acts much like doubling the rate. A rate tuned per
 rank can therefore make up for the choice of scale; what the choice really decides is where the best
 rate lies at each rank. If alpha / r keeps the steps the same size at every rank, its best rate should
-not depend on r; rsLoRA is alpha / r times sqrt(r) (here the two agree at r = 8), so its best rate
-should then fall as r grows, by about sqrt(64) = 8x from r = 1 to r = 64. Part 2 measures both.
+not depend on r. rsLoRA's scale here is alpha / r times sqrt(r / 8) (the two agree at r = 8), so its
+best rate should then fall as r grows, by about sqrt(64) = 8x from r = 1 to r = 64. Part 2 measures
+both.
 
 What the papers report, to hold the measurements against. Hu et al. (2021) found a very small rank
 (1 to 8) about as good as larger ones on GPT-3, and a fixed parameter budget better spent on several
@@ -427,7 +430,7 @@ def draw_rates(ax, cells: dict, full: dict, ranks, ref: int) -> None:
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("validation loss (per answer token)")
     ax.legend(fontsize=7)
-    ax.set_title(f"Best rate per rank on {TASK}: colour = rank, o = alpha / r, s = rsLoRA")
+    ax.set_title(f"Rate against rank on {TASK}: colour = rank, circle = alpha / r, square = rsLoRA", fontsize=10)
 
 
 def draw_rank_test(ax, cells: dict, full: dict, ranks) -> None:
