@@ -28,7 +28,7 @@ fine-tuning); differs and best_of in minitune/stats.py (the noise rule).
 Run:  python lessons/03_lora.py            about 7 minutes on 2 CPU cores (60 fine-tunes of 160 steps;
                                            estimated from the measured cost of one run, with the tiny
                                            base cached)
-      python lessons/03_lora.py --quick    about 15 seconds, nano base and 8-step runs
+      python lessons/03_lora.py --quick    about 20 seconds, nano base and 8-step runs
 
 The idea. Fine-tuning changes a weight matrix W0 (out x in) into W0 + dW. Full fine-tuning learns dW
 freely: in * out numbers per matrix. LoRA bets that the change a task needs has low rank, and writes it
