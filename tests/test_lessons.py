@@ -32,7 +32,7 @@ def numbers(obj):
 
 
 def test_there_is_a_lesson_per_module():
-    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "04", "05", "06"]
+    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
