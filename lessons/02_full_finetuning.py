@@ -15,8 +15,9 @@ What this lesson shows, by measuring it on your machine:
 
 Read alongside: minitune/strategies/full.py (the whole strategy: unfreeze everything), minitune/memory.py
 (the two formulas and the measurements they are checked against), minitune/train.py (the loop that holds
-the gradients and AdamW's state), minitune/finetune.py (the run section 5 repeats), minitune/stats.py
-(the noise rule).
+the gradients and AdamW's state), minitune/cells.py (section 5's runs: the course's standard budget,
+shared with lessons 1 and 6, so the runs at the default rates are the very ones lesson 1 shows),
+minitune/stats.py (the noise rule).
 
 Run:  python lessons/02_full_finetuning.py           about 3-4 minutes on 2 CPU cores (estimated from
                                                      18 fine-tuning runs of 160 steps), base cached
@@ -48,15 +49,13 @@ from __future__ import annotations
 import torch
 
 from minitune.data.tasks import load_task
-from minitune.evaluate import evaluate_task
 from minitune.finetune import finetune
-from minitune.lesson import Lesson, held_out_text, perplexity, plot_seeds
+from minitune.lesson import Lesson, perplexity, plot_seeds
 from minitune.memory import (activation_bytes, file_size, human_bytes, measure_training_memory, memory_formula,
                              saved_activation_bytes, tensor_bytes)
 from minitune.model import GPT, GPTConfig
-from minitune.strategies import STRATEGIES as STRATEGY_APPLY
 from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
-                                 base_unchanged, trainable_parameters)
+                                 trainable_parameters)
 from minitune.strategies.lora import hold_frozen_in
 
 STRATEGIES = (FullConfig(), LoRAConfig(), AdapterConfig(), PromptTuningConfig())  # package defaults
@@ -123,9 +122,8 @@ def activations_checked(lesson: Lesson) -> None:
 
 def _meta_model(shape: GPTConfig, config):
     """The model with the strategy applied, built on PyTorch's meta device: shapes and dtypes, no memory."""
-    apply = STRATEGY_APPLY[config.name][1]  # the strategy's own surgery: apply_strategy also fingerprints
-    with torch.device("meta"):              # the base's values, which a meta tensor does not have
-        return apply(GPT(shape), config)
+    with torch.device("meta"):
+        return apply_strategy(GPT(shape), config)
 
 
 def _at_scale(shape: GPTConfig, config) -> dict:
@@ -229,27 +227,16 @@ def copy_per_task(lesson: Lesson) -> None:
 def forgetting(lesson: Lesson) -> None:
     lesson.section("5. Forgetting: general-text perplexity after fine-tuning on sentiment")
     base, enc = lesson.load_base()
-    general = held_out_text(lesson.size(60_000, 200_000))  # another seed's world: text the base never read
-    before = perplexity(base, enc, general, lesson.device, max_batches=8)
-    task = load_task("sentiment", sizes=lesson.size({"train": 64, "validation": 16, "test": 32},
-                                                    {"train": 1000, "validation": 50, "test": 100}))
-    steps = lesson.size(12, 160)
+    before = perplexity(base, enc, lesson.general_text, lesson.device, max_batches=lesson.budget.general_batches)
+    steps = lesson.budget.steps
     settings = [(FullConfig(), lr) for lr in lesson.size((1e-4, 1e-3), (1e-4, 3e-4, 1e-3, 3e-3))]
     settings += [(LoRAConfig(), lr) for lr in (FullConfig.default_lr, LoRAConfig.default_lr)]
-    total, done = len(settings) * len(lesson.seeds), 0
     runs = {}
     for config, lr in settings:
-        def one(seed: int) -> dict:
-            nonlocal done
-            name = f"forget-{config.name}-{lr:g}-{seed}"
-            model, _, _ = finetune(lesson.base, task, config, lesson.run_dir(name), max_steps=steps, seed=seed,
-                                   lr=lr, eval_every=steps, quiet=True, checkpoint_every=0, device=lesson.device)
-            after = perplexity(model, enc, general, lesson.device, max_batches=8)
-            acc = evaluate_task(model, enc, task, device=lesson.device)["accuracy"]
-            done += 1
-            print(f"  [{done}/{total}] {config.name} lr {lr:g} seed {seed}: perplexity x{after / before:.2f}, "
-                  f"accuracy {acc:.0%}", flush=True)
-            return {"x before": after / before, "accuracy": acc, "base unchanged": float(base_unchanged(model, base))}
+        def one(seed: int) -> dict:  # the shared cells: at the default rates, the very runs lesson 1 shows
+            cell = lesson.cell("sentiment", config, seed, lr=None if lr == config.default_lr else lr)
+            return {"x before": cell["general_ppl"] / before, "accuracy": cell["score"],
+                    "base unchanged": float(cell["base_intact"])}
         runs[config.name, lr] = lesson.over_seeds(one)
     rows = []
     for config, lr in settings:

@@ -33,6 +33,7 @@ from minitune.errors import ConfigError
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.memory import file_size
 from minitune.pretrain import runs_dir
+from minitune.strategies import base_unchanged
 
 PACKAGE = Path(__file__).parent
 
@@ -66,13 +67,16 @@ class Budget:
 
 
 def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budget, device: str = "cpu",
-              general: list[str] | None = None, cache: str | Path | None = None, quiet: bool = True) -> dict:
-    """Fine-tune `config` on the task from `base` with `seed`, score it on test; cached (see the module doc).
+              general: list[str] | None = None, cache: str | Path | None = None, quiet: bool = True,
+              lr: float | None = None) -> dict:
+    """Fine-tune `config` on the task from `base` with `seed` (at learning rate `lr`, default the strategy's
+    default), score it on test; cached (see the module doc).
 
     Returns a dict: task, strategy, seed, metric, score, n (test items scored), best_val_loss, lr,
-    train_seconds, file (bytes of the saved trainable tensors), general_ppl (at the best checkpoint, if
+    train_seconds, file (bytes of the saved trainable tensors), base_intact (is every tensor of the base
+    bitwise what it was: true of PEFT, never of full fine-tuning), general_ppl (at the best checkpoint, if
     `general`), history (one record per evaluation: step, val_loss, train_seconds, general_ppl) and run
-    (the run folder, whose best/ holds the trained tensors).
+    (the run folder, whose best/ holds the trained tensors), and trained (False when read back from the cache).
     """
     from minitune.finetune import finetune
     from minitune.lesson import perplexity  # here, not at the top: minitune.lesson imports this module
@@ -81,10 +85,11 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
     if task_name not in HEADLINE_METRIC:
         raise ConfigError(f"unknown task {task_name!r}: cells exist for {sorted(HEADLINE_METRIC)}")
     base = Path(base)
-    key = cell_key(base, task_name, config, seed, budget, general)
-    folder = Path(cache if cache is not None else runs_dir() / "cells") / f"{task_name}-{config.name}-s{seed}-{key}"
+    key = cell_key(base, task_name, config, seed, budget, general, lr)
+    rate = "" if lr is None else f"-lr{lr:g}"
+    folder = Path(cache if cache is not None else runs_dir() / "cells") / f"{task_name}-{config.name}{rate}-s{seed}-{key}"
     if (folder / "cell.json").is_file():
-        return json.loads((folder / "cell.json").read_text()) | {"run": str(folder)}
+        return json.loads((folder / "cell.json").read_text()) | {"run": str(folder), "trained": False}
 
     task = budget.task(task_name)
     general_enc = load_run(base)[1] if general else None
@@ -95,7 +100,7 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
     if folder.exists():  # a run that stopped half-way: start it again
         shutil.rmtree(folder)
     model, enc, out = finetune(base, task, config, folder, max_steps=budget.steps, batch_size=budget.batch_size,
-                               seed=seed, device=device, eval_every=budget.eval_every, quiet=quiet,
+                               lr=lr, seed=seed, device=device, eval_every=budget.eval_every, quiet=quiet,
                                checkpoint_every=0, on_eval=watch if general else None)
     run = json.loads((out / "run.json").read_text())
     metric = HEADLINE_METRIC[task_name]
@@ -104,19 +109,22 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
             "n": result["n"], "best_val_loss": run["best_val_loss"], "lr": run["train"]["lr"],
             "train_seconds": run["history"][-1]["train_seconds"],
             "file": file_size(out / "best" / "trainable.safetensors"),
+            "base_intact": base_unchanged(model, load_run(base)[0]),  # every base tensor bitwise as loaded
             "history": [{k: r[k] for k in ("step", "val_loss", "train_seconds", "general_ppl") if k in r}
                         for r in run["history"]]}
     if general:
         cell["general_ppl"] = perplexity(model, enc, general, max_batches=budget.general_batches)
     shutil.rmtree(out / "last", ignore_errors=True)  # best/ is what the lessons load
     atomic_write_json(folder / "cell.json", cell)
-    return cell | {"run": str(folder)}
+    return cell | {"run": str(folder), "trained": True}
 
 
-def cell_key(base: Path, task_name: str, config, seed: int, budget: Budget, general: list[str] | None) -> str:
+def cell_key(base: Path, task_name: str, config, seed: int, budget: Budget, general: list[str] | None,
+             lr: float | None = None) -> str:
     """A short hash of everything a cell's numbers depend on."""
     h = hashlib.sha256()
-    for part in (_file_hash(base / "model.safetensors"), source_hash(), task_name, repr(config), config.default_lr,
+    for part in (_file_hash(base / "model.safetensors"), source_hash(), task_name, repr(config),
+                 config.default_lr if lr is None else lr,
                  json.dumps(asdict(budget), sort_keys=True), seed,
                  hashlib.sha256("\x00".join(general or []).encode()).hexdigest()):
         h.update(str(part).encode() + b"\x1f")

@@ -127,14 +127,17 @@ class Lesson:
         """The held-out general text every lesson measures forgetting on (the same documents in each)."""
         return held_out_text(self.size(60_000, 200_000))
 
-    def cell(self, task_name: str, config, seed: int) -> dict:
-        """`config` fine-tuned on the task with `seed` at the standard budget and scored on test, with the
-        general text's perplexity along the run: the same numbers in every lesson (minitune.cells)."""
+    def cell(self, task_name: str, config, seed: int, lr: float | None = None) -> dict:
+        """`config` fine-tuned on the task with `seed` at the standard budget (and the strategy's default
+        learning rate unless `lr`), scored on test, with the general text's perplexity along the run: the
+        same numbers in every lesson (minitune.cells)."""
         t0 = time.perf_counter()
-        cell = task_cell(self.base, task_name, config, seed, self.budget, self.device, general=self.general_text)
+        cell = task_cell(self.base, task_name, config, seed, self.budget, self.device, general=self.general_text,
+                         lr=lr)
         took = time.perf_counter() - t0
-        print(f"    {task_name} / {config.name} / seed {seed}: {cell['metric']} {cell['score']:.3f} "
-              f"({f'{took:.0f} s' if took > 1 else 'read back from runs/cells'})", flush=True)
+        rate = "" if lr is None else f" / lr {lr:g}"
+        print(f"    {task_name} / {config.name}{rate} / seed {seed}: {cell['metric']} {cell['score']:.3f} "
+              f"({f'{took:.1f} s' if cell['trained'] else 'read back from runs/cells'})", flush=True)
         return cell
 
     def run_dir(self, name: str) -> Path:

@@ -25,16 +25,17 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     import minitune.finetune
     monkeypatch.setattr(minitune.finetune, "finetune", lambda *a, **k: pytest.fail("a cached cell was trained again"))
     again = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
-    assert again == first
+    assert first.pop("trained") and not again.pop("trained") and again == first
 
 
 def test_the_key_changes_with_everything_the_numbers_depend_on(nano_run):
     key = lambda **kw: cell_key(nano_run, kw.get("task", "qa"), kw.get("config", FullConfig()),  # noqa: E731
-                                kw.get("seed", 0), kw.get("budget", QUICK), kw.get("general", ["a"]))
+                                kw.get("seed", 0), kw.get("budget", QUICK), kw.get("general", ["a"]), kw.get("lr"))
     base = key()
-    assert key() == base
+    assert key() == base and key(lr=FullConfig.default_lr) == base  # the default rate, named or not
     changed = [key(task="code"), key(config=LoRAConfig()), key(config=LoRAConfig(r=4)), key(seed=1),
-               key(budget=Budget()), key(general=["b"])]
+               key(budget=Budget()), key(general=["b"]),
+               key(lr=3e-4)]
     assert base not in changed and len(set(changed)) == len(changed)
 
 
