@@ -30,10 +30,11 @@ from pathlib import Path
 from minitune.checkpoint import atomic_write_json
 from minitune.data.tasks import load_task
 from minitune.errors import ConfigError
-from minitune.evaluate import HEADLINE_METRIC, evaluate_task
+from minitune.evaluate import HEADLINE_METRIC, classify_scores, evaluate_task
 from minitune.memory import file_size
 from minitune.pretrain import runs_dir
 from minitune.strategies import base_unchanged
+from minitune.train import evaluate_loss
 
 PACKAGE = Path(__file__).parent
 
@@ -72,13 +73,14 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
     """Fine-tune `config` on the task from `base` with `seed` (at learning rate `lr`, default the strategy's
     default), score it on test; cached (see the module doc).
 
-    Returns a dict: task, strategy, seed, metric, score, n (test items scored), best_val_loss, lr,
-    train_seconds, file (bytes of the saved trainable tensors), base_intact (is every tensor of the base
+    Returns a dict: task, strategy, seed, metric, score, n (test items scored), test_loss (cross-entropy per
+    answer token over the whole test split), label_loss (classification: -log p(gold label), p normalised
+    over the labels), best_val_loss, lr, trainable and total (parameter counts), train_seconds, file (bytes of the saved trainable tensors), base_intact (is every tensor of the base
     bitwise what it was: true of PEFT, never of full fine-tuning), general_ppl (at the best checkpoint, if
     `general`), history (one record per evaluation: step, val_loss, train_seconds, general_ppl) and run
     (the run folder, whose best/ holds the trained tensors), and trained (False when read back from the cache).
     """
-    from minitune.finetune import finetune
+    from minitune.finetune import finetune, supervised
     from minitune.lesson import perplexity  # here, not at the top: minitune.lesson imports this module
     from minitune.pretrain import load_run
 
@@ -86,6 +88,8 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
         raise ConfigError(f"unknown task {task_name!r}: cells exist for {sorted(HEADLINE_METRIC)}")
     base = Path(base)
     key = cell_key(base, task_name, config, seed, budget, general, lr)
+    if lr == config.default_lr:
+        lr = None  # the default named: the same cell as the default left out
     rate = "" if lr is None else f"-lr{lr:g}"
     folder = Path(cache if cache is not None else runs_dir() / "cells") / f"{task_name}-{config.name}{rate}-s{seed}-{key}"
     if (folder / "cell.json").is_file():
@@ -105,13 +109,18 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
     run = json.loads((out / "run.json").read_text())
     metric = HEADLINE_METRIC[task_name]
     result = evaluate_task(model, enc, task, limit=budget.limit(task_name), device=device)
+    test = supervised(task, "test", enc, model.max_input_tokens, budget.batch_size)
     cell = {"task": task_name, "strategy": config.name, "seed": seed, "metric": metric, "score": result[metric],
-            "n": result["n"], "best_val_loss": run["best_val_loss"], "lr": run["train"]["lr"],
+            "n": result["n"], "test_loss": evaluate_loss(model, test.eval_batches(), device),
+            "best_val_loss": run["best_val_loss"], "lr": run["train"]["lr"],
+            "trainable": run["trainable_params"], "total": run["total_params"],
             "train_seconds": run["history"][-1]["train_seconds"],
             "file": file_size(out / "best" / "trainable.safetensors"),
             "base_intact": base_unchanged(model, load_run(base)[0]),  # every base tensor bitwise as loaded
             "history": [{k: r[k] for k in ("step", "val_loss", "train_seconds", "general_ppl") if k in r}
                         for r in run["history"]]}
+    if task.kind == "classification":  # a continuous score beside accuracy, for when accuracy saturates
+        cell["label_loss"] = classify_scores(model, enc, task.test, task.labels, device=device)[1]["label loss"]
     if general:
         cell["general_ppl"] = perplexity(model, enc, general, max_batches=budget.general_batches)
     shutil.rmtree(out / "last", ignore_errors=True)  # best/ is what the lessons load

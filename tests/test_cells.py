@@ -16,6 +16,7 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     general = held_out_text(20_000)[:8]
     first = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
     assert 0.0 <= first["score"] <= 1.0 and first["n"] > 0 and first["strategy"] == "lora"
+    assert first["test_loss"] > 0 and first["label_loss"] > 0 and 0 < first["trainable"] < first["total"]
     steps = [r["step"] for r in first["history"]]
     assert steps == list(range(QUICK.eval_every, QUICK.steps + 1, QUICK.eval_every))
     assert all(r["general_ppl"] > 1 for r in first["history"])
@@ -26,6 +27,9 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     monkeypatch.setattr(minitune.finetune, "finetune", lambda *a, **k: pytest.fail("a cached cell was trained again"))
     again = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
     assert first.pop("trained") and not again.pop("trained") and again == first
+    named = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path,
+                      lr=LoRAConfig.default_lr)  # the default rate named is the same cell, in the same folder
+    assert not named.pop("trained") and named == first
 
 
 def test_the_key_changes_with_everything_the_numbers_depend_on(nano_run):
