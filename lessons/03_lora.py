@@ -91,11 +91,8 @@ import time
 import torch
 
 from minitune.bench import inference_case, run_interleaved
-from minitune.checkpoint import read_json
-from minitune.data.tasks import load_task
 from minitune.errors import TrainingError
-from minitune.evaluate import evaluate_task
-from minitune.finetune import finetune, supervised
+from minitune.finetune import open_run, supervised
 from minitune.lesson import Lesson, bar_seeds, plot_seeds
 from minitune.memory import file_size, human_bytes
 from minitune.model import GPT, count_parameters
@@ -105,10 +102,9 @@ from minitune.strategies import (FullConfig, LoRAConfig, apply_strategy, merge, 
                                  trainable_parameters, unmerge)
 from minitune.strategies.lora import lora_layers, merged_state_dict
 from minitune.sweep import grid
-from minitune.train import TrainConfig, evaluate_loss, seed_everything, train
+from minitune.train import TrainConfig, seed_everything, train
 
 TASK = "qa"
-STEPS = 160          # the package's standard fine-tuning budget (batch 16), as in the learning-rate sweep
 ALPHA = 16           # with alpha / r: s = 2 at the default r = 8
 ALPHA_R, RSLORA, FIXED = "alpha / r", "rsLoRA", "fixed s"
 ALL_FOUR = ("c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -152,36 +148,29 @@ class Progress:
 
 
 def train_once(lesson: Lesson, task, config, lr: float, seed: int, name: str, progress: Progress) -> dict:
-    """Fine-tune the base with `config` at rate lr: its lowest validation loss, its counts, and the model
-    (or, when training stopped on a non-finite loss, diverged: this rate is too large for this setting)."""
+    """Fine-tune the base with `config` at rate lr (a shared cell, minitune.cells: at LoRA's and full
+    fine-tuning's defaults these are the runs lessons 1 and 6 show): validation loss, test loss and exact
+    match, counts and the run folder (or, when training stopped on a non-finite loss, diverged: this rate
+    is too large for this setting)."""
     what = f"{name}, lr {lr:g}, seed {seed}"
     try:
-        model, _, out = finetune(lesson.base, task, config, lesson.run_dir(f"{name}-lr{lr:g}-seed{seed}"),
-                                 max_steps=lesson.size(8, STEPS), lr=lr, seed=seed, device=lesson.device,
-                                 eval_every=lesson.size(4, STEPS // 4), quiet=True, checkpoint_every=0)
+        cell = lesson.cell(task.name, config, seed, lr=lr)
     except TrainingError:
         progress.tick(what, "diverged")
         return {"val loss": math.nan, "diverged": True}
-    run = read_json(out / "run.json")
-    progress.tick(what, f"validation loss {run['best_val_loss']:.3f}")
-    return {"val loss": run["best_val_loss"], "trainable": run["trainable_params"], "total": run["total_params"],
-            "diverged": False, "model": model}
+    progress.tick(what, f"validation loss {cell['best_val_loss']:.3f}")
+    return {"val loss": cell["best_val_loss"], "trainable": cell["trainable"], "total": cell["total"],
+            "diverged": False, "run": cell["run"], "test loss": cell["test_loss"], "test exact match": cell["score"]}
 
 
-@torch.no_grad()
-def score(lesson: Lesson, task, enc, model) -> dict:
-    """Test loss (cross-entropy per answer token) and test exact match of one model."""
-    data = supervised(task, "test", enc, model.max_input_tokens, 16)
-    loss = evaluate_loss(model, data.eval_batches(), lesson.device)
-    limit = lesson.size(16, None)
-    return {"test loss": loss, "test exact match": evaluate_task(model, enc, task, "test", limit=limit,
-                                                                 device=lesson.device)["exact_match"]}
+def trained_model(lesson: Lesson, run: dict):
+    """The model of one run, loaded from its folder."""
+    return open_run(run["run"], lesson.device)[0]
 
 
 def test_scores(lesson: Lesson, task, enc, runs) -> dict[str, Cell]:
-    """Each seed's model scored on test: a Cell per measure."""
-    scored = [score(lesson, task, enc, run["model"]) for run in runs.runs]
-    return {k: summarize([s[k] for s in scored]) for k in scored[0]}
+    """Each seed's test scores (computed when its cell was trained): a Cell per measure."""
+    return {k: summarize([run[k] for run in runs.runs]) for k in ("test loss", "test exact match")}
 
 
 def sweep(lesson: Lesson, task, enc, config, name: str, progress: Progress, rates: list[float] | None = None) -> dict:
@@ -196,10 +185,6 @@ def sweep(lesson: Lesson, task, enc, config, name: str, progress: Progress, rate
         raise TrainingError(f"{name}: training diverged at every rate ({rates_text(rates)})")
     pick = best_of({f"{lr:g}": runs[lr]["val loss"] for lr in usable}, higher_is_better=False)
     best = next(lr for lr in usable if f"{lr:g}" == pick.best)
-    for lr in rates:  # keep the models that may still be scored: the chosen rate's and the default's
-        if lr not in (best, type(config).default_lr):
-            for run in runs[lr].runs:
-                run.pop("model", None)
     first = runs[best].runs[0]
     return {"config": config, "rates": rates, "runs": runs, "best": best, "usable": usable,
             "tied": [lr for lr in usable if f"{lr:g}" in pick.tied],
@@ -291,7 +276,7 @@ def rank_and_rate(lesson: Lesson, task, enc, base_config, ranks: tuple[int, ...]
                 lesson, task, enc, lora(scheme, r, ref), f"{'rs' if scheme == RSLORA else 'lora'}-r{r}", progress)
     full = sweep(lesson, task, enc, FullConfig(), "full", progress)
     named = [(f"LoRA {scheme}", r, cell) for (scheme, r), cell in cells.items()] + [("full FT", None, full)]
-    lesson.table(f"Validation loss at each rate ({TASK}, LoRA on c_attn, {lesson.size(8, STEPS)} steps)",
+    lesson.table(f"Validation loss at each rate ({TASK}, LoRA on c_attn, {lesson.budget.steps} steps)",
                  [{"method": name, "r": "" if r is None else r, "s": "" if r is None else cell["config"].scaling,
                    "rate": f"{lr:g}", "validation loss": val_loss(cell, lr),
                    "": ", ".join(m for m, on in (("chosen", lr == cell["best"]),
@@ -473,7 +458,7 @@ def targets(lesson: Lesson, task, enc, base_config, cells: dict, full: dict, ref
     names = [name for name, _ in TARGETS] + ["full FT"]
     losses = [s["test loss"] for s in scored.values()] + [full["test"]["test loss"]]
     lesson.plot("targets.png", lambda ax: draw_targets(ax, names, losses), figsize=(6.4, 4.2))
-    return scored["all four"]["models"][0]["model"]
+    return trained_model(lesson, scored["all four"]["models"][0])
 
 
 def target_conclusions(lesson: Lesson, scored: dict, full: dict, lr: float) -> None:
@@ -565,7 +550,8 @@ def file_sizes(lesson: Lesson, cells: dict, ranks, ref: int, all_four) -> None:
     rows = [{"what is stored": "a full copy of the model (full FT)", "parameters": base_params,
              "4 bytes x parameters": 4 * base_params, "file bytes": full_bytes, "% of full copy": 100.0}]
     chosen = {r: cells[(ALPHA_R, r)] for r in (ranks[0], ranks[-1])}
-    choices = [(f"LoRA r = {r}, c_attn", f"rank-{r}", c["runs"][c["best"]].runs[0]["model"]) for r, c in chosen.items()]
+    choices = [(f"LoRA r = {r}, c_attn", f"rank-{r}", trained_model(lesson, c["runs"][c["best"]].runs[0]))
+               for r, c in chosen.items()]
     for name, folder, model in choices + [(f"LoRA r = {ref}, all four", "all-four", all_four)]:
         n = trainable_parameters(model)[0]
         size = file_size(save_trainable(model, lesson.out / "adapters" / folder) / "trainable.safetensors")
@@ -581,7 +567,7 @@ def file_sizes(lesson: Lesson, cells: dict, ranks, ref: int, all_four) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     lesson = Lesson.start(3, "LoRA: low-rank updates", __doc__, argv)
-    task = load_task(TASK)  # qa: every fact once per split, the same sizes in both modes
+    task = lesson.budget.task(TASK)  # qa: every fact once per split, the same sizes in both modes
     base, enc = lesson.load_base()
     ranks = lesson.size((1, 2, 4), (1, 8, 64))
     ref = ranks[1]  # the default rank in the full run: where the scale schemes agree

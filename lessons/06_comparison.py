@@ -62,7 +62,6 @@ adapters or the soft prompt attached.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 

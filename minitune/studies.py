@@ -9,7 +9,7 @@ and measures each value over the lesson's seeds:
     choice = choose_rate(lesson, task, PromptTuningConfig(n_tokens=5), (0.03, 0.1, 0.3), "n5")
     choice.rate, choice.tied, choice.runs[choice.rate]             # picked on validation; test scores beside
 
-Every run is one call of minitune.finetune.finetune at the lessons' standard budget (160 steps of batch
+Every run is a shared cell (minitune.cells.task_cell) at the lessons' standard budget (160 steps of batch
 16, the same as the learning-rate sweep), and is scored on the test split by two numbers:
 
     accuracy     the share of test items whose most likely label word is the right one
@@ -27,10 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from minitune.cells import Budget
-from minitune.checkpoint import read_json
+from minitune.cells import Budget, task_cell
 from minitune.evaluate import classify_scores
-from minitune.finetune import RUN, finetune, supervised
+from minitune.finetune import open_run, supervised
 from minitune.lesson import Lesson, SeedRuns, plot_seeds
 from minitune.stats import Best, Cell, best_of, summarize
 from minitune.strategies import apply_strategy
@@ -64,23 +63,23 @@ def validation_batches(task, enc, model):
 
 def fine_tune(lesson: Lesson, task, config, name: str, seed: int = 0, lr: float | None = None,
               base: str | Path | None = None, measure: Measure | None = None) -> dict:
-    """One fine-tuning run (minitune.finetune at the standard budget): its scores, counts and loss history.
+    """One fine-tuning run at the standard budget, as a shared cell (minitune.cells: the same run, and the
+    same numbers, as any other lesson that trains this setting): its scores, counts and loss history.
 
     Returns accuracy, label loss (test), val loss (validation, the kept checkpoint's), trainable, total,
-    seconds, history (every evaluation), and whatever measure(model, enc) adds.
+    seconds (training only), history (every evaluation), and whatever measure(model, enc) adds.
     """
-    n = steps(lesson)
-    model, enc, out = finetune(base or lesson.base, task, config, lesson.run_dir(name), max_steps=n,
-                               batch_size=BATCH, lr=lr, seed=seed, device=lesson.device,
-                               eval_every=lesson.budget.eval_every, quiet=True, checkpoint_every=0)
-    run = read_json(out / RUN)
-    result = {**test_scores(lesson, model, enc, task), "val loss": run["best_val_loss"],
-              "trainable": run["trainable_params"], "total": run["total_params"], "seconds": run["seconds"],
-              "history": run["history"]}
+    cell = task_cell(base or lesson.base, task.name, config, seed, lesson.budget, lesson.device,
+                     general=lesson.general_text, lr=lr)
+    result = {"accuracy": cell["score"], "label loss": cell["label_loss"], "val loss": cell["best_val_loss"],
+              "trainable": cell["trainable"], "total": cell["total"], "seconds": cell["train_seconds"],
+              "history": cell["history"]}
     if measure is not None:
+        model, enc, _ = open_run(cell["run"], lesson.device)
         result.update(measure(model, enc))
+    took = f"{cell['train_seconds']:.0f}s" if cell["trained"] else "read back from runs/cells"
     print(f"  {name}: test accuracy {result['accuracy']:.3f}, label loss {result['label loss']:.4f}, "
-          f"val loss {result['val loss']:.4f} ({run['seconds']:.0f}s)", flush=True)
+          f"val loss {result['val loss']:.4f} ({took})", flush=True)
     return result
 
 
