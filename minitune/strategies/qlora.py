@@ -44,7 +44,7 @@ class QLoRAConfig(LowRankConfig):
     scale_block: int = 256
     double_quant: bool = True
     name: ClassVar[str] = "qlora"
-    default_lr: ClassVar[float] = 3e-3  # LoRA's as a starting point; `minitune sweep` measures and chooses it
+    default_lr: ClassVar[float] = 1e-2  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
 
     def __post_init__(self) -> None:
         super().__post_init__()
