@@ -18,9 +18,9 @@ Read alongside: minitune/strategies/dora.py, ia3.py, prefix.py, nf4.py and qlora
 math and trainable count), minitune/cells.py (how each run is trained, scored and traced),
 minitune/memory.py (what "training memory" counts) and minitune/stats.py (the noise rule).
 
-Run:  python lessons/07_beyond.py           about 8 minutes on 2 CPU cores on its own; about 5 after
+Run:  python lessons/07_beyond.py           about 8 minutes on 2 CPU cores on its own, about 4 after
                                              lesson 6 (whose topic and qa runs of the first four strategies
-                                             it reads back)
+                                             it reads back); estimated from single runs, not yet timed
       python lessons/07_beyond.py --quick   seconds, nano sizes
 
 The idea. Module 1's three parameter-efficient methods each pick one place to add something: LoRA a
@@ -35,8 +35,8 @@ those ideas moved or cut down.
              r (in + out) per layer, plus out. It merges into W like LoRA.
     (IA)3    trains no matrix at all: three vectors per block, started at 1, that multiply the keys, the
              values and the MLP's inner activation feature by feature. The model can turn features up or
-             down but cannot make new ones: 6 d numbers per block, fewer than any method here but prompt
-             tuning. A scaled output is a scaled row of W, so it merges too.
+             down but cannot make new ones: 6 d numbers per block, 6 L d in all, the order of a soft
+             prompt's n d rather than LoRA's. A scaled output is a scaled row of W, so it merges too.
     prefix   is prompt tuning moved inside: instead of vectors at the input that every layer must carry
              up, each layer gets n positions of keys and values of its own to attend to, which is what a
              KV cache holds after n tokens. Trained through a small MLP (the paper found the bare table
@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+from dataclasses import fields
 
 import torch
 
@@ -89,10 +90,13 @@ def learning_rates(lesson: Lesson) -> None:
             lesson.table(f"Learning-rate sweep: {record['settings']['steps']} steps, seeds "
                          f"{record['settings']['seeds']}, validation split only (`{record['command']}`)", rows)
     chosen = recorded_choices()
+    rates = lambda name: "/".join(f"{lr:g}" for lr in sorted(set(chosen[name].values())))  # noqa: E731
+    latest = {(r["family"], r["strategy"]): r for record in recorded_sweeps() for r in record["results"]}
+    edge = sorted({s for (_, s), r in latest.items() if s in NEWER and r["edge"]})
     lesson.conclude("Defaults the package uses, as the recorded sweeps chose them: " + ", ".join(
-        f"{name} {'/'.join(f'{lr:g}' for lr in sorted(set(chosen[name].values())))}" for name in NEWER if name in chosen)
-        + "; for comparison, LoRA " + "/".join(f"{lr:g}" for lr in sorted(set(chosen["lora"].values())))
-        + " and prompt tuning " + "/".join(f"{lr:g}" for lr in sorted(set(chosen["prompt"].values()))) + ".")
+        f"{name} {rates(name)}" for name in NEWER if name in chosen) + f"; for comparison, LoRA {rates('lora')} and "
+        f"prompt tuning {rates('prompt')}. Chosen at the edge of the latest grid, so the best rate may lie beyond it: "
+        f"{and_list(edge)}.")
 
 
 def every_strategy(lesson: Lesson) -> dict:
@@ -172,13 +176,13 @@ def four_bit_base(lesson: Lesson, base_ppl: float) -> dict:
     pairs = [(m.weight(), fp32_layers[n].weight.detach()) for n, m in quantised.named_modules()
              if isinstance(getattr(m, "weight", None), NF4Weight)]  # (dequantised, fp32) per quantised layer
     errors = torch.cat([(q - w).abs().flatten() for q, w in pairs])
-    scale = torch.cat([w.abs().flatten() for _, w in pairs])
+    magnitudes = torch.cat([w.abs().flatten() for _, w in pairs])
     q_ppl = perplexity(quantised, enc, lesson.general_text, lesson.device, max_batches=lesson.budget.general_batches)
     rows = [{"base held in": k, "bytes": v, "size": human_bytes(v), "x fp32": v / sizes["fp32"]} for k, v in sizes.items()]
     lesson.table(f"The base's tensors ({fp32.num_parameters():,} parameters, {n_quantised:,} of them in the blocks' "
                  "linear layers, which are the ones NF4 holds)", rows)
     out = {"sizes": sizes, "bytes_per_quantised_weight": code_bytes / n_quantised, "max_abs_error": errors.max().item(),
-           "mean_abs_error": errors.mean().item(), "mean_abs_weight": scale.mean().item(),
+           "mean_abs_error": errors.mean().item(), "mean_abs_weight": magnitudes.mean().item(),
            "general_ppl_ratio": q_ppl / base_ppl, "unquantised_share": 1 - n_quantised / fp32.num_parameters()}
     lesson.record("nf4", out)
     lesson.conclude(f"In NF4 the blocks' linear weights took {out['bytes_per_quantised_weight']:.4f} bytes each "
@@ -229,9 +233,11 @@ def trades(lesson: Lesson, runs: dict, cost: dict, ratio: dict, nf4: dict) -> No
     for new in NEWER:
         old = GREW_FROM[new]
         a, b = cost[new], cost[old]
-        lr = ("both at the same learning rate" if STRATEGIES[_index(new)].default_lr == STRATEGIES[_index(old)].default_lr
+        setting = ("both at the same learning rate" if STRATEGIES[_index(new)].default_lr == STRATEGIES[_index(old)].default_lr
               else "each at its own default learning rate")
-        lesson.conclude(f"{new} against {old} ({lr}): {new} trained {a['trainable']:,} parameters ({share(a):.2f}%) "
+        if new == "qlora" and _same_low_rank(STRATEGIES[_index(new)], STRATEGIES[_index(old)]):
+            setting += ", the same rank, alpha and targets: the two differ only in how the frozen base is stored"
+        lesson.conclude(f"{new} against {old} ({setting}): {new} trained {a['trainable']:,} parameters ({share(a):.2f}%) "
                         f"where {old} trained {b['trainable']:,} ({share(b):.2f}%), with {a['memory']['total'] / b['memory']['total']:.0%} "
                         f"of its training memory and a file {a['file'] / b['file']:.2f} times its size.")
         scores = [f"on {t}, " + lesson.compare(runs[(t, new)]["score"], runs[(t, old)]["score"], (new, old)).text(
@@ -241,9 +247,9 @@ def trades(lesson: Lesson, runs: dict, cost: dict, ratio: dict, nf4: dict) -> No
                for t in TASKS]
         c = lesson.compare(a["run_ms"]["topic"], b["run_ms"]["topic"], (new, old))
         lesson.conclude(f"General-text perplexity over the base's, {new} against {old}: " + "; ".join(ppl)
-                        + f". Milliseconds per training step in the topic runs: {c.text(verb='is slower than', digits=1)}.")
+                        + f". Milliseconds per training step in the topic runs (timed as each was trained): {c.text(verb='is slower than', digits=1)}.")
     saving = cost["qlora"]["memory"]["weights"] / cost["lora"]["memory"]["weights"]
-    lesson.conclude(f"QLoRA's weights took {saving:.0%} of LoRA's, while its 4-bit linear layers take "
+    lesson.conclude(f"The QLoRA model's weights (base and factors) took {saving:.0%} of the LoRA model's, while its 4-bit linear layers take "
                     f"{nf4['bytes_per_quantised_weight'] / 4:.1%} of their fp32 bytes: the base's tensors NF4 does not "
                     f"hold (embeddings, LayerNorms, biases) are {nf4['unquantised_share']:.0%} of its parameters and "
                     "stay in fp32, as do the LoRA factors. The saving on a whole model approaches the 4-bit ratio only as "
@@ -256,6 +262,12 @@ def trades(lesson: Lesson, runs: dict, cost: dict, ratio: dict, nf4: dict) -> No
 
 def _index(name: str) -> int:
     return [c.name for c in STRATEGIES].index(name)
+
+
+def _same_low_rank(a, b) -> bool:
+    """Do two low-rank configs agree on every setting they both have (rank, alpha, targets, ...) and the rate?"""
+    shared = {f.name for f in fields(a)} & {f.name for f in fields(b)}
+    return a.default_lr == b.default_lr and all(getattr(a, k) == getattr(b, k) for k in shared)
 
 
 def main(argv: list[str] | None = None) -> dict:
