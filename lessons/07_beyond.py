@@ -36,7 +36,8 @@ those ideas moved or cut down.
     (IA)3    trains no matrix at all: three vectors per block, started at 1, that multiply the keys, the
              values and the MLP's inner activation feature by feature. The model can turn features up or
              down but cannot make new ones: 6 d numbers per block, 6 L d in all, the order of a soft
-             prompt's n d rather than LoRA's. A scaled output is a scaled row of W, so it merges too.
+             prompt's n d rather than LoRA's. Scaling a layer's outputs (or inputs) scales the rows (or
+             columns) of its W, so it merges too.
     prefix   is prompt tuning moved inside: instead of vectors at the input that every layer must carry
              up, each layer gets n positions of keys and values of its own to attend to, which is what a
              KV cache holds after n tokens. Trained through a small MLP (the paper found the bare table
@@ -44,8 +45,8 @@ those ideas moved or cut down.
     QLoRA    is LoRA with the frozen base stored in 4 bits: every block's linear weight in blocks of 64,
              each block one scale (its largest |w|) and one 4-bit code per weight into a table of 16
              values placed at the quantiles of a normal curve (NF4), the scales themselves stored in 8
-             bits. A layer's weight is decoded just before it is used, so the base takes about an eighth
-             of its fp32 size; what is lost is the rounding, and that loss is measured here.
+             bits. A layer's weight is decoded just before it is used, so the blocks' linear weights take
+             about an eighth of their fp32 size; what is lost is the rounding, and that loss is measured here.
 
 Measuring. The runs are minitune.cells': 160 steps of 16 at each strategy's default learning rate, each
 cell 3 seeds, the same runs lesson 6 shows for the first four strategies. Every comparison in a sentence

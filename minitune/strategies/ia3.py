@@ -37,7 +37,7 @@ class IA3Config:
     """(IA)3 has no settings: keys, values and the MLP's inner activation are rescaled in every block."""
 
     name: ClassVar[str] = "ia3"
-    default_lr: ClassVar[float] = 0.1  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[float] = 0.3  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
 
 
 class IA3Linear(nn.Module):
