@@ -96,8 +96,9 @@ def learning_rates(lesson: Lesson) -> None:
     edge = sorted({s for (_, s), r in latest.items() if s in NEWER and r["edge"]})
     lesson.conclude("Defaults the package uses, as the recorded sweeps chose them: " + ", ".join(
         f"{name} {rates(name)}" for name in NEWER if name in chosen) + f"; for comparison, LoRA {rates('lora')} and "
-        f"prompt tuning {rates('prompt')}. Chosen at the edge of the latest grid, so the best rate may lie beyond it: "
-        f"{and_list(edge)}.")
+        f"prompt tuning {rates('prompt')}. " + (f"Chosen at the edge of the latest grid, so the best rate may lie "
+        f"beyond it: {and_list(edge)}." if edge else "Each was chosen inside its latest grid, with a rate tried on "
+        "either side of it."))
 
 
 def every_strategy(lesson: Lesson) -> dict:
