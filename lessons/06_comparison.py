@@ -67,11 +67,12 @@ import time
 
 import torch
 
+from minitune.cells import common_target, first_reaching
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import open_run, supervised
-from minitune.lesson import Lesson, and_list, bar_groups, perplexity, strategy_costs
+from minitune.lesson import Lesson, and_list, bar_groups, best_per_task, perplexity, strategy_costs
 from minitune.memory import human_bytes, tensor_bytes
-from minitune.stats import best_of, p_text, summarize
+from minitune.stats import p_text, summarize
 from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
                                  load_trainable, trainable_state)
 from minitune.sweep import recorded_choices, recorded_sweeps, table_rows
@@ -142,11 +143,11 @@ def matched_learning(lesson: Lesson, runs: dict, base_ppl: float) -> dict:
     lesson.section("3. Forgetting and time at matched learning")
     at_end, matched, rows = {}, {}, []
     for t in TASKS:
-        target = max(min(r["val_loss"] for r in run["history"]) for s in MATCHED for run in runs[(t, s)].runs)
+        target = common_target([run for s in MATCHED for run in runs[(t, s)].runs])
         for config in STRATEGIES:
             cell = runs[(t, config.name)]
             at_end[(t, config.name)] = summarize([run["general_ppl"] / base_ppl for run in cell.runs])
-            hits = [next((r for r in run["history"] if r["val_loss"] <= target), None) for run in cell.runs]
+            hits = [first_reaching(run, target) for run in cell.runs]
             reached = [h for h in hits if h is not None]
             matched[(t, config.name)] = {
                 "reached": len(reached), "n": len(hits),
@@ -229,11 +230,8 @@ def one_base_many_adapters(lesson: Lesson, runs: dict) -> None:
 def conclusions(lesson: Lesson, runs: dict, cost_rows: list[dict], forgetting: dict) -> None:
     lesson.section("5. Choosing")
     names = [c.name for c in STRATEGIES]
-    best = {t: best_of({s: runs[(t, s)]["score"] for s in names}) for t in TASKS}
-    lesson.conclude("Best test score per task, with every strategy the noise rule cannot tell from it: " + "; ".join(
-        f"{t}: {b.best} ({runs[(t, b.best)]['score'].mean:.2f})"
-        + (f", tied with {and_list([s for s in b.tied if s != b.best])}" if len(b.tied) > 1 else ", ahead of all")
-        for t, b in best.items()) + ".")
+    best, sentence = best_per_task(runs, TASKS, names)
+    lesson.conclude(sentence)
     full_first = [t for t, b in best.items() if b.best == "full" and len(b.tied) == 1]
     lesson.conclude(f"Full fine-tuning was ahead of every other strategy beyond noise on {len(full_first)} of "
                     f"{len(TASKS)} tasks ({and_list(full_first) if full_first else 'none'}). The course expects it to "

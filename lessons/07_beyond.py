@@ -67,9 +67,9 @@ import torch
 
 from minitune.evaluate import HEADLINE_METRIC
 from minitune.finetune import supervised
-from minitune.lesson import Lesson, and_list, bar_groups, perplexity, strategy_costs
+from minitune.lesson import Lesson, and_list, bar_groups, best_per_task, perplexity, strategy_costs
 from minitune.memory import human_bytes, tensor_bytes
-from minitune.stats import best_of, summarize
+from minitune.stats import summarize
 from minitune.strategies import (AdapterConfig, DoRAConfig, FullConfig, IA3Config, LoRAConfig, PrefixTuningConfig,
                                  PromptTuningConfig, QLoRAConfig, apply_strategy, trainable_state)
 from minitune.strategies.nf4 import NF4Weight, quantize_base
@@ -121,11 +121,7 @@ def every_strategy(lesson: Lesson) -> dict:
         ax.set_title("Test score, every strategy (dots: seeds)")
 
     lesson.plot("scores.png", draw, figsize=(8.4, 4.2))
-    best = {t: best_of({s: runs[(t, s)]["score"] for s in names}) for t in TASKS}
-    lesson.conclude("Best test score per task, with every strategy the noise rule cannot tell from it: " + "; ".join(
-        f"{t}: {b.best} ({runs[(t, b.best)]['score'].mean:.3f})"
-        + (f", tied with {and_list([s for s in b.tied if s != b.best])}" if len(b.tied) > 1 else ", ahead of all")
-        for t, b in best.items()) + ".")
+    lesson.conclude(best_per_task(runs, TASKS, names)[1])
     return runs
 
 

@@ -128,6 +128,18 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
     return cell | {"run": str(folder), "trained": True}
 
 
+def common_target(cells: list[dict]) -> float:
+    """A validation loss every one of these runs reached: the highest of their best losses. Reading each
+    run where it first got there compares them at equal task quality (first_reaching)."""
+    return max(min(r["val_loss"] for r in cell["history"]) for cell in cells)
+
+
+def first_reaching(cell: dict, target: float) -> dict | None:
+    """The first evaluation of a run at or below the target validation loss (step, val_loss, train_seconds,
+    general_ppl), or None if it never got there."""
+    return next((r for r in cell["history"] if r["val_loss"] <= target), None)
+
+
 def cell_key(base: Path, task_name: str, config, seed: int, budget: Budget, general: list[str] | None,
              lr: float | None = None) -> str:
     """A short hash of everything a cell's numbers depend on."""

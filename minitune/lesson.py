@@ -43,7 +43,7 @@ from minitune.data.batches import TokenStream, encode_documents
 from minitune.errors import ConfigError
 from minitune.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
 from minitune.pretrain import load_run, runs_dir
-from minitune.stats import Cell, Comparison, differs, summarize
+from minitune.stats import Cell, Comparison, best_of, differs, summarize
 from minitune.train import evaluate_loss, make_optimizer, TrainConfig, resolve_device
 
 SEEDS = (0, 1, 2)     # every compared cell of a full run: at least three seeds
@@ -303,6 +303,17 @@ def and_list(items: Sequence[str], empty: str = "none") -> str:
     if any("," in item for item in items):
         return "; ".join(items)
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def best_per_task(runs: dict, tasks: Sequence[str], names: Sequence[str], key: str = "score") -> tuple[dict, str]:
+    """For each task, the strategy with the best mean `key` and those the noise rule cannot tell from it
+    (runs: {(task, strategy): SeedRuns}): the stats.Best per task, and the sentence that says it."""
+    best = {t: best_of({s: runs[(t, s)][key] for s in names}) for t in tasks}
+    sentence = "Best test score per task, with every strategy the noise rule cannot tell from it: " + "; ".join(
+        f"{t}: {b.best} ({runs[(t, b.best)][key].mean:.3f})"
+        + (f", tied with {and_list([s for s in b.tied if s != b.best])}" if len(b.tied) > 1 else ", ahead of all")
+        for t, b in best.items()) + "."
+    return best, sentence
 
 
 def held_out_text(target_bytes: int) -> list[str]:

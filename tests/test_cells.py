@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from minitune.cells import Budget, cell_key, task_cell
+from minitune.cells import Budget, cell_key, common_target, first_reaching, task_cell
 from minitune.errors import ConfigError
 from minitune.lesson import README_BEGIN, README_END, held_out_text, update_readme
 from minitune.strategies import FullConfig, LoRAConfig
@@ -75,3 +75,12 @@ def test_the_readme_section_is_rebuilt_from_the_lesson_summaries(tmp_path):
     readme.write_text("no markers here\n")
     with pytest.raises(ConfigError, match="markers|needs one"):
         update_readme(readme, tmp_path / "lessons")
+
+
+def test_runs_are_read_where_they_first_reach_a_common_target():
+    runs = [{"history": [{"step": 20, "val_loss": 3.0}, {"step": 40, "val_loss": 1.5}, {"step": 60, "val_loss": 1.7}]},
+            {"history": [{"step": 20, "val_loss": 2.0}, {"step": 40, "val_loss": 1.9}, {"step": 60, "val_loss": 1.8}]}]
+    target = common_target(runs)
+    assert target == 1.8  # the slower run's best: both reached it
+    assert [first_reaching(r, target)["step"] for r in runs] == [40, 60]
+    assert first_reaching(runs[1], 1.0) is None
