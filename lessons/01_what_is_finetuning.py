@@ -146,8 +146,8 @@ def domain_adaptation(lesson: Lesson) -> None:
     lesson.conclude(f"Adapting cut the perplexity on unseen clinic notes from {base_row['domain']:,.1f} to "
                     f"{full['domain']} (full) and {lora['domain']} (LoRA); on general text it went from "
                     f"{base_row['general']:.2f} to {full['general']} (full) and {lora['general']} (LoRA).")
-    c = lesson.compare(full["domain"], lora["domain"], ("full", "LoRA"))
-    g = lesson.compare(full["general"], lora["general"], ("full", "LoRA"))
+    c = lesson.compare(full["domain"], lora["domain"], ("full", "LoRA"), log=True)
+    g = lesson.compare(full["general"], lora["general"], ("full", "LoRA"), log=True)
     lesson.conclude(f"Clinic-note perplexity, full against LoRA: {c.text('is higher than', 2)}. General-text "
                     f"perplexity after adapting: {g.text('is higher than', 2)}. Both ran the same steps at their own "
                     "learning rates, so this compares the two recipes, not forgetting at equal learning (lesson 6).")

@@ -255,7 +255,8 @@ def forgetting(lesson: Lesson) -> None:
 
 def _conclude_learning_rate(lesson: Lesson, runs: dict) -> None:
     lrs = sorted(lr for s, lr in runs if s == "full")
-    steps = [lesson.compare(runs["full", hi]["x before"], runs["full", lo]["x before"], (f"lr {hi:g}", f"lr {lo:g}"))
+    steps = [lesson.compare(runs["full", hi]["x before"], runs["full", lo]["x before"], (f"lr {hi:g}", f"lr {lo:g}"),
+                            log=True)
              for lo, hi in zip(lrs, lrs[1:])]
     lesson.conclude("Full fine-tuning, general-text perplexity / base's, one learning-rate step at a time (nothing "
                     "else changed): " + "; ".join(c.text() for c in steps) + ".")
@@ -276,12 +277,12 @@ def _conclude_learning_rate(lesson: Lesson, runs: dict) -> None:
 
 def _conclude_lora(lesson: Lesson, runs: dict) -> None:
     same = FullConfig.default_lr
-    c = lesson.compare(runs["full", same]["x before"], runs["lora", same]["x before"], ("full", "LoRA"))
+    c = lesson.compare(runs["full", same]["x before"], runs["lora", same]["x before"], ("full", "LoRA"), log=True)
     lesson.conclude(f"At the same learning rate ({same:g}), perplexity / base's: {c.text()}. Only the strategy "
                     "differed between these two cells.")
     full, lora = runs["full", FullConfig.default_lr], runs["lora", LoRAConfig.default_lr]
     names = (f"full at {FullConfig.default_lr:g}", f"LoRA at {LoRAConfig.default_lr:g}")
-    forget, acc = lesson.compare(full["x before"], lora["x before"], names), lesson.compare(full["accuracy"],
+    forget, acc = lesson.compare(full["x before"], lora["x before"], names, log=True), lesson.compare(full["accuracy"],
                                                                                           lora["accuracy"], names)
     lesson.conclude(f"Each at its default learning rate: perplexity / base's, {forget.text()}; test accuracy, "
                     f"{acc.text()}.")

@@ -256,10 +256,10 @@ def interference(lesson: Lesson, task, default: SeedRuns, general: list[str]) ->
                                                if same and all(unchanged) else
                                                ": NOT the base (a bug?).")
         if all(unchanged) else "; the base changed (a bug?).")
-    attached = lesson.compare(default["general ppl, prompt attached"], constant, ("prompt attached", "the base"))
-    forgot = lesson.compare(full["general ppl"], constant, ("fully fine-tuned", "the base"))
+    attached = lesson.compare(default["general ppl, prompt attached"], constant, ("prompt attached", "the base"), log=True)
+    forgot = lesson.compare(full["general ppl"], constant, ("fully fine-tuned", "the base"), log=True)
     versus = lesson.compare(default["general ppl, prompt attached"], full["general ppl"],
-                            ("prompt attached", "fully fine-tuned"))
+                            ("prompt attached", "fully fine-tuned"), log=True)
     lesson.conclude(
         f"With the trained prompt attached, general-text perplexity: {attached.text()}"
         + (". Since the base is unchanged, that rise is the soft prompt's interference with text it was not trained "

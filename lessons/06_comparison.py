@@ -278,7 +278,7 @@ def _conclude_forgetting(lesson: Lesson, forgetting: dict, runs: dict) -> None:
             if a is None or b is None:
                 verdicts["untested"].append(f"{s} on {t}")
                 continue
-            c = lesson.compare(a, b, ("full", s))
+            c = lesson.compare(a, b, ("full", s), log=True)
             key = "same" if c.winner is None else "less" if c.winner == "full" else "more"
             verdicts[key].append(f"{s} on {t} ({b.mean:.2f}x vs full {a.mean:.2f}x, {p_text(c.p)})")
     text = ("At matched task quality, general-text perplexity (over the base's) was lower than full fine-tuning's "

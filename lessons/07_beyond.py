@@ -241,7 +241,8 @@ def trades(lesson: Lesson, runs: dict, cost: dict, ratio: dict, nf4: dict) -> No
         scores = [f"on {t}, " + lesson.compare(runs[(t, new)]["score"], runs[(t, old)]["score"], (new, old)).text(
             verb="is higher than") for t in TASKS]
         lesson.conclude(f"Test score, {new} against {old}: " + "; ".join(scores) + ".")
-        ppl = [f"on {t}, " + lesson.compare(ratio[(t, new)], ratio[(t, old)], (new, old)).text(verb="is higher than")
+        ppl = [f"on {t}, " + lesson.compare(ratio[(t, new)], ratio[(t, old)], (new, old), log=True).text(
+            verb="is higher than")
                for t in TASKS]
         c = lesson.compare(a["run_ms"]["topic"], b["run_ms"]["topic"], (new, old))
         lesson.conclude(f"General-text perplexity over the base's, {new} against {old}: " + "; ".join(ppl)

@@ -9,7 +9,8 @@ shows it, and the second lesson to ask reads the first one's result instead of t
     cell["score"], cell["history"][-1]["general_ppl"]       # test score; general-text perplexity on the way
 
 A cell is cached under runs/cells/ by a key over everything its numbers depend on: the base's weight
-file, the package's source code, the task and its sizes, the strategy's config and learning rate, the
+file, the package's source code (all of it but the modules that only report: REPORTING), the task and
+its sizes, the strategy's config and learning rate, the
 budget, the seed and the general-text documents. Change any of them and the cell is trained again; a
 stale number is never read back.
 
@@ -30,13 +31,15 @@ from pathlib import Path
 from minitune.checkpoint import atomic_write_json
 from minitune.data.tasks import load_task
 from minitune.errors import ConfigError
-from minitune.evaluate import HEADLINE_METRIC, classify_scores, evaluate_task
+from minitune.evaluate import HEADLINE_METRIC, classify_scores, evaluate_task, perplexity
 from minitune.memory import file_size
 from minitune.pretrain import runs_dir
 from minitune.strategies import base_unchanged
 from minitune.train import evaluate_loss
 
 PACKAGE = Path(__file__).parent
+# The code that only reports numbers, never makes them: changing it keeps the cells (source_hash)
+REPORTING = ("lesson.py", "stats.py", "plots.py", "studies.py", "sweep.py", "cli.py", "__main__.py", "bench/")
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,6 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
     (the run folder, whose best/ holds the trained tensors), and trained (False when read back from the cache).
     """
     from minitune.finetune import finetune, supervised
-    from minitune.lesson import perplexity  # here, not at the top: minitune.lesson imports this module
     from minitune.pretrain import load_run
 
     if task_name not in HEADLINE_METRIC:
@@ -153,10 +155,13 @@ def cell_key(base: Path, task_name: str, config, seed: int, budget: Budget, gene
 
 
 def source_hash() -> str:
-    """sha256 over the package's Python source: any change to the code makes new cells."""
+    """sha256 over the package's Python source that trains and scores a cell (everything but REPORTING):
+    a change to that code makes new cells; a change to how lessons word or plot the numbers does not."""
     h = hashlib.sha256()
     for path in sorted(PACKAGE.rglob("*.py")):
-        h.update(str(path.relative_to(PACKAGE)).encode() + b"\x00" + path.read_bytes())
+        name = path.relative_to(PACKAGE).as_posix()
+        if not name.startswith(REPORTING):
+            h.update(name.encode() + b"\x00" + path.read_bytes())
     return h.hexdigest()
 
 

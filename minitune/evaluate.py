@@ -15,16 +15,18 @@ few-shot examples; nothing else is random.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
+from minitune.data.batches import TokenStream, encode_documents
 from minitune.data.tasks import Example, Task, code_source, pick_shots
 from minitune.metrics import accuracy, exact_match, key_fact_recall, macro_f1, rouge_l, token_f1
 from minitune.errors import UnsafeCodeError
 from minitune.sandbox import CallFailed, CodeCrashed, CodeTimedOut, WrongFunctionName, run_function
-from minitune.train import device_of
+from minitune.train import device_of, evaluate_loss
 
 EVAL_BATCH = 64  # rows per forward pass when scoring labels
 # The one number each built-in task is judged by (evaluate_task reports more).
@@ -192,3 +194,10 @@ def evaluate_task(model, enc, task: Task, split: str = "test", shots: int = 0, l
     samples = [{"prompt": ex.prompt, "prediction": p, "target": ex.target.strip()}
                for ex, p in zip(examples[:3], predictions)]
     return {"task": task.name, "split": split, "shots": shots, "n": len(examples), **metrics, "samples": samples}
+
+
+def perplexity(model, enc, docs: list[str], device=None, max_batches: int = 20) -> float:
+    """exp(mean cross-entropy per token) of the model on documents (joined by <|endoftext|>)."""
+    stream = TokenStream(encode_documents(enc, docs), model.max_input_tokens, batch_size=16,
+                         max_eval_batches=max_batches)
+    return math.exp(evaluate_loss(model, stream.eval_batches(), device))

@@ -39,12 +39,12 @@ import torch
 from minitune.cells import Budget, task_cell
 from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.data import pretraining_corpus, split
-from minitune.data.batches import TokenStream, encode_documents
 from minitune.errors import ConfigError
+from minitune.evaluate import perplexity  # noqa: F401  (lessons import it from here)
 from minitune.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
 from minitune.pretrain import load_run, runs_dir
-from minitune.stats import Cell, Comparison, best_of, differs, summarize
-from minitune.train import evaluate_loss, make_optimizer, TrainConfig, resolve_device
+from minitune.stats import Cell, Comparison, best_of, differs, log_differs, summarize
+from minitune.train import make_optimizer, TrainConfig, resolve_device
 
 SEEDS = (0, 1, 2)     # every compared cell of a full run: at least three seeds
 QUICK_SEEDS = (0, 1)  # --quick: the fewest that still have a spread, so the tests run the same code
@@ -111,9 +111,10 @@ class Lesson:
         """Run fn(seed) for each of the lesson's seeds (or `seeds`): every run's numbers and their Cells."""
         return over_seeds(fn, self.seeds if seeds is None else seeds)
 
-    def compare(self, a, b, names: tuple[str, str] = ("A", "B")) -> Comparison:
-        """The noise rule (stats.differs: Welch's t on per-seed values) on a against b, kept for results.json."""
-        result = differs(a, b, names)
+    def compare(self, a, b, names: tuple[str, str] = ("A", "B"), log: bool = False) -> Comparison:
+        """The noise rule (stats.differs: Welch's t on per-seed values) on a against b, kept for results.json.
+        With log=True, on the values' logarithms (stats.log_differs: for perplexities and ratios)."""
+        result = (log_differs if log else differs)(a, b, names)
         self.results["comparisons"].append(result.to_dict())
         return result
 
@@ -319,13 +320,6 @@ def best_per_task(runs: dict, tasks: Sequence[str], names: Sequence[str], key: s
 def held_out_text(target_bytes: int) -> list[str]:
     """General tiny-world documents drawn with another seed than the base's corpus: a test of what it knows."""
     return split(pretraining_corpus(target_bytes=target_bytes, seed=1), 0.5, seed=1)[1]
-
-
-def perplexity(model, enc, docs: list[str], device=None, max_batches: int = 20) -> float:
-    """exp(mean cross-entropy per token) of the model on documents (joined by <|endoftext|>)."""
-    stream = TokenStream(encode_documents(enc, docs), model.max_input_tokens, batch_size=16,
-                         max_eval_batches=max_batches)
-    return math.exp(evaluate_loss(model, stream.eval_batches(), device))
 
 
 def strategy_costs(model, x: torch.Tensor, y: torch.Tensor, device="cpu") -> dict:

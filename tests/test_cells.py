@@ -1,20 +1,36 @@
 """The shared fine-tuning cells: one run per (base, task, strategy, seed, budget), read back, never stale."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from minitune.cells import Budget, cell_key, common_target, first_reaching, task_cell
 from minitune.errors import ConfigError
-from minitune.lesson import README_BEGIN, README_END, held_out_text, update_readme
+from minitune.data.tasks import load_task
+from minitune.lesson import README_BEGIN, README_END, course_summary, held_out_text, update_readme
 from minitune.strategies import FullConfig, LoRAConfig
 
 QUICK = Budget.for_mode(quick=True)
 
 
-def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tmp_path, monkeypatch):
+KEYS = {"task", "strategy", "seed", "metric", "score", "n", "test_loss", "best_val_loss", "lr", "trainable", "total",
+        "train_seconds", "file", "base_intact", "history", "general_ppl", "run", "trained"}
+
+
+def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tmp_path, monkeypatch, capsys):
     general = held_out_text(20_000)[:8]
     first = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
+    assert capsys.readouterr().out == ""  # quiet by default: the lessons print one line per cell themselves
+    assert set(first) == KEYS | {"label_loss"}
+    assert (first["task"], first["strategy"], first["seed"], first["metric"]) == ("sentiment", "lora", 0, "accuracy")
+    assert first["lr"] == LoRAConfig.default_lr and first["base_intact"] is True
+    assert first["train_seconds"] == first["history"][-1]["train_seconds"]
+    best = min(first["history"], key=lambda r: r["val_loss"])  # the kept checkpoint is the best evaluation's
+    assert first["best_val_loss"] == best["val_loss"] and first["general_ppl"] == pytest.approx(best["general_ppl"])
+    run = Path(first["run"])
+    assert (run / "best" / "trainable.safetensors").stat().st_size == first["file"]
+    assert not (run / "last").exists() and not (run / "resume.pt").exists()  # only what the lessons load is kept
     assert 0.0 <= first["score"] <= 1.0 and first["n"] > 0 and first["strategy"] == "lora"
     assert first["test_loss"] > 0 and first["label_loss"] > 0 and 0 < first["trainable"] < first["total"]
     steps = [r["step"] for r in first["history"]]
@@ -30,6 +46,47 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     named = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path,
                       lr=LoRAConfig.default_lr)  # the default rate named is the same cell, in the same folder
     assert not named.pop("trained") and named == first
+
+
+def test_cells_that_differ_in_anything_get_their_own_folders(nano_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINITUNE_RUNS", str(tmp_path))  # no cache folder named: runs/cells
+    one, other = held_out_text(20_000)[:8], held_out_text(20_000)[8:16]
+    cells = [task_cell(nano_run, "qa", FullConfig(), 0, QUICK, general=one),
+             task_cell(nano_run, "code", FullConfig(), 0, QUICK, general=one),
+             task_cell(nano_run, "qa", FullConfig(), 1, QUICK, general=one),
+             task_cell(nano_run, "qa", FullConfig(), 0, QUICK, general=other)]
+    folders = {Path(c["run"]) for c in cells}
+    assert len(folders) == 4 and all(f.parent == tmp_path / "cells" for f in folders)
+    assert cells[0]["n"] == QUICK.limit("qa") and cells[0]["base_intact"] is False
+
+
+def test_the_budget_gives_the_sizes_and_limits_it_names():
+    budget = Budget()
+    assert len(budget.task("topic").test) == budget.sizes["test"] and len(budget.task("topic").train) == 1000
+    assert len(budget.task("qa").test) == len(load_task("qa").test)  # qa's sizes are its facts'
+    assert budget.limit("code") == 100 and budget.limit("topic") is None
+
+
+def test_the_key_covers_the_weights_and_the_code_only(nano_run, tmp_path, monkeypatch):
+    import shutil
+
+    import minitune.cells
+
+    copy = tmp_path / "base"
+    shutil.copytree(nano_run, copy)
+    before = cell_key(copy, "qa", FullConfig(), 0, QUICK, None)
+    (copy / "notes.txt").write_text("a file beside the weights")
+    assert cell_key(copy, "qa", FullConfig(), 0, QUICK, None) == before
+    package = tmp_path / "package"
+    (package / "sub").mkdir(parents=True)
+    (package / "sub" / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(minitune.cells, "PACKAGE", package)
+    first = minitune.cells.source_hash()
+    (package / "sub" / "a.py").write_text("x = 2\n")
+    assert minitune.cells.source_hash() != first
+    second = minitune.cells.source_hash()
+    (package / "stats.py").write_text("how numbers are compared and worded: not how they are made\n")
+    assert minitune.cells.source_hash() == second
 
 
 def test_the_key_changes_with_everything_the_numbers_depend_on(nano_run):
@@ -72,9 +129,26 @@ def test_the_readme_section_is_rebuilt_from_the_lesson_summaries(tmp_path):
     text = readme.read_text()
     assert "old text" not in text and text.startswith("# title") and text.endswith("## after\n")
     assert text.index("numbers 1") < text.index("numbers 2") and "took 3 minutes" in text
-    readme.write_text("no markers here\n")
-    with pytest.raises(ConfigError, match="markers|needs one"):
-        update_readme(readme, tmp_path / "lessons")
+    assert text.index("numbers 1\n\n### Lesson 2") > 0  # one summary after another, a blank line between
+    for broken in ("no markers here\n", f"{README_END}\n{README_BEGIN}\n", f"{README_BEGIN}\n{README_BEGIN}\n{README_END}\n",
+                   f"{README_BEGIN}\n{README_END}\n{README_END}\n"):
+        readme.write_text(broken)
+        with pytest.raises(ConfigError, match="needs one"):
+            update_readme(readme, tmp_path / "lessons")
+
+
+def test_the_course_summary_states_the_total_time_only_when_it_is_known(tmp_path):
+    with pytest.raises(ConfigError, match="no lesson summaries"):
+        course_summary(tmp_path)
+    for n, results in ((1, {"seconds": 1800.0}), (2, {"seconds": 1770.0}), (3, {})):
+        folder = tmp_path / f"{n:02d}"
+        folder.mkdir()
+        (folder / "summary.md").write_text(f"### Lesson {n}\n")
+        (folder / "results.json").write_text(json.dumps(results))
+    assert course_summary(tmp_path).startswith("The 3 lessons took 60 minutes in all.\n\n### Lesson 1\n")
+    for n in (1, 2, 3):
+        (tmp_path / f"{n:02d}" / "results.json").unlink()
+    assert course_summary(tmp_path) == "### Lesson 1\n\n### Lesson 2\n\n### Lesson 3\n"
 
 
 def test_runs_are_read_where_they_first_reach_a_common_target():

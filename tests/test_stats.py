@@ -238,3 +238,18 @@ def test_plots_show_every_seed_not_only_the_mean():
                       for _, y in coll.get_offsets())
         plt.close(fig)
         assert dots == pytest.approx(sorted(v for c in cells for v in c.values))
+
+
+def test_log_differs_is_welch_on_the_logs_with_geometric_means():
+    from minitune.stats import log_differs
+
+    a, b = [40.0, 119.0, 200.0], [1.30, 1.33, 1.35]
+    on_logs = differs([math.log(v) for v in a], [math.log(v) for v in b], ("a", "b"))
+    c = log_differs(a, b, ("a", "b"))
+    assert (c.statistic, c.df, c.p) == (on_logs.statistic, on_logs.df, on_logs.p)
+    assert c.mean_a == pytest.approx((40 * 119 * 200) ** (1 / 3)) and c.mean_b == pytest.approx((1.30 * 1.33 * 1.35) ** (1 / 3))
+    assert "logs" in c.text() and "geometric" in c.text()
+    # one wild seed hides a hundredfold gap from Welch's t on the raw values; on the logs it is plain
+    assert not differs(a, b).beyond_noise and c.beyond_noise and c.winner == "a"
+    with pytest.raises(ConfigError, match="positive"):
+        log_differs([1.0, 0.0], [1.0, 2.0])
