@@ -43,7 +43,7 @@ from minitune.errors import ConfigError
 from minitune.evaluate import perplexity  # noqa: F401  (lessons import it from here)
 from minitune.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
 from minitune.pretrain import load_run, runs_dir
-from minitune.stats import Cell, Comparison, best_of, differs, log_differs, summarize
+from minitune.stats import Cell, Comparison, number_spec, best_of, differs, log_differs, summarize
 from minitune.train import make_optimizer, TrainConfig, resolve_device
 
 SEEDS = (0, 1, 2)     # every compared cell of a full run: at least three seeds
@@ -238,7 +238,7 @@ def _cell(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+        return format(v, number_spec(v))
     return str(v)
 
 

@@ -96,7 +96,7 @@ class Cell:
     def __format__(self, spec: str) -> str:
         """'0.812 ± 0.021' (mean ± sd), each formatted with spec; the mean alone for one seed."""
         if not spec:
-            spec = _auto_spec(self.mean)
+            spec = number_spec(self.mean)
         mean = format(self.mean, spec)
         return mean if self.n < 2 else f"{mean} ± {format(self.sd, spec)}"
 
@@ -105,7 +105,7 @@ class Cell:
 
     def range(self, spec: str = "") -> str:
         """'0.790-0.830': the smallest and largest seed."""
-        spec = spec or _auto_spec(self.mean)
+        spec = spec or number_spec(self.mean)
         return f"{format(self.min, spec)}-{format(self.max, spec)}"
 
 
@@ -114,9 +114,12 @@ def summarize(values: Sequence[float] | Cell) -> Cell:
     return values if isinstance(values, Cell) else Cell(tuple(values))
 
 
-def _auto_spec(x: float) -> str:
-    """Three decimals for numbers below 10 (accuracies, losses), one below 1000, none above."""
+def number_spec(x: float) -> str:
+    """Three decimals for numbers below 10 (accuracies, losses), one below 1000, none above; numbers
+    under 0.01 (a loss near zero) in exponent form, so 0.0004 does not print as 0.000."""
     a = abs(x)
+    if 0 < a < 0.01:
+        return ".2e"
     return ".3f" if a < 10 or math.isnan(a) else ".1f" if a < 1000 else ",.0f"
 
 
@@ -235,7 +238,8 @@ class Comparison:
         'lora (0.812) is higher than full (0.744) beyond noise (Welch t, p = 0.013; 3 seeds each)'
         'lora (0.812) and full (0.801): no difference beyond noise at this scale (Welch t, p = 0.41; 3 seeds each)'
         """
-        fmt = lambda name, m: f"{name} ({m:.{digits}f})"  # noqa: E731
+        small = 0 < max(abs(self.mean_a), abs(self.mean_b)) < 10 ** -(digits - 1)  # 0.0004 must not read 0.000
+        fmt = lambda name, m: f"{name} ({m:.{digits}g})" if small else f"{name} ({m:.{digits}f})"  # noqa: E731
         how = f"{self.test}, {p_text(self.p)}; {_count(self.n_a, self.n_b, self.unit)}"
         if self.note:
             how += f"; {self.note}"

@@ -253,3 +253,9 @@ def test_log_differs_is_welch_on_the_logs_with_geometric_means():
     assert not differs(a, b).beyond_noise and c.beyond_noise and c.winner == "a"
     with pytest.raises(ConfigError, match="positive"):
         log_differs([1.0, 0.0], [1.0, 2.0])
+
+
+def test_a_comparison_of_tiny_means_shows_their_digits():
+    c = differs([0.00041, 0.00043, 0.00042], [0.00011, 0.00012, 0.00010], ("a", "b"))
+    assert "a (0.00042) is higher than b (0.00011)" in c.text()
+    assert "(0.812)" in differs([0.81, 0.812, 0.814], [0.7, 0.71, 0.72], ("a", "b")).text()
