@@ -295,7 +295,7 @@ def _conclude_forgetting(lesson: Lesson, forgetting: dict, runs: dict) -> None:
         a, b = matched[(t, "full")]["seconds"], matched[(t, "lora")]["seconds"]
         if a is not None and b is not None:
             c = lesson.compare(a, b, ("full", "LoRA"))
-            faster.append(f"{t}: {c.winner + ' faster' if c.winner else 'no difference beyond noise'} "
+            faster.append(f"{t}: {c.winner + ' took longer' if c.winner else 'no difference beyond noise'} "
                           f"({b.mean:.1f} s LoRA vs {a.mean:.1f} s full)")
     if faster:
         lesson.conclude("Training seconds to the matched validation loss, LoRA against full fine-tuning: " + "; ".join(faster) + ".")

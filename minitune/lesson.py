@@ -74,6 +74,7 @@ class Lesson:
                                                    "comparisons": []})
     started: float = field(default_factory=time.perf_counter)
     printed: list[str] = field(default_factory=list)  # the tables and conclusions, in order, for summary.md
+    cells: dict = field(default_factory=lambda: {"trained": 0, "read back": 0})  # fine-tuning runs, by origin
 
     @classmethod
     def start(cls, number: int, title: str, doc: str | None = None, argv: list[str] | None = None) -> "Lesson":
@@ -128,17 +129,18 @@ class Lesson:
         """The held-out general text every lesson measures forgetting on (the same documents in each)."""
         return held_out_text(self.size(60_000, 200_000))
 
-    def cell(self, task_name: str, config, seed: int, lr: float | None = None) -> dict:
+    def cell(self, task_name: str, config, seed: int, lr: float | None = None, base: str | Path | None = None
+             ) -> dict:
         """`config` fine-tuned on the task with `seed` at the standard budget (and the strategy's default
-        learning rate unless `lr`), scored on test, with the general text's perplexity along the run: the
-        same numbers in every lesson (minitune.cells)."""
-        t0 = time.perf_counter()
-        cell = task_cell(self.base, task_name, config, seed, self.budget, self.device, general=self.general_text,
-                         lr=lr)
-        took = time.perf_counter() - t0
+        learning rate unless `lr`; from the lesson's base unless `base`), scored on test, with the general
+        text's perplexity along the run: the same numbers in every lesson (minitune.cells)."""
+        cell = task_cell(base or self.base, task_name, config, seed, self.budget, self.device,
+                         general=self.general_text, lr=lr)
+        self.cells["trained" if cell["trained"] else "read back"] += 1
         rate = "" if lr is None else f" / lr {lr:g}"
-        print(f"    {task_name} / {config.name}{rate} / seed {seed}: {cell['metric']} {cell['score']:.3f} "
-              f"({f'{took:.1f} s' if cell['trained'] else 'read back from runs/cells'})", flush=True)
+        origin = f"{cell['train_seconds']:.1f} s of training" if cell["trained"] else "read back from runs/cells"
+        print(f"    {task_name} / {config.name}{rate} / seed {seed}: {cell['metric']} {cell['score']:.3f} ({origin})",
+              flush=True)
         return cell
 
     def run_dir(self, name: str) -> Path:
@@ -211,8 +213,11 @@ class Lesson:
                  f"torch {m['torch']}")
         mode = " (--quick)" if self.quick else ""
         body = "\n\n".join(self.printed)
+        runs = sum(self.cells.values())
+        reused = (f" Of its {runs} fine-tuning runs, {self.cells['read back']} were read back from runs/cells, "
+                  "trained by an earlier lesson (minitune/cells.py)." if self.cells["read back"] else "")
         return (f"### Lesson {self.number}: {self.title}{mode}\n\n"
-                f"Ran in {seconds:.0f} s on {where}, {time.strftime('%Y-%m-%d')}.\n\n```\n{body}\n```\n")
+                f"Ran in {seconds:.0f} s on {where}, {time.strftime('%Y-%m-%d')}.{reused}\n\n```\n{body}\n```\n")
 
 
 def format_table(rows: list[dict]) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from minitune.cells import Budget, task_cell
+from minitune.cells import Budget
 from minitune.evaluate import classify_scores
 from minitune.finetune import open_run, supervised
 from minitune.lesson import Lesson, SeedRuns, plot_seeds
@@ -69,17 +69,13 @@ def fine_tune(lesson: Lesson, task, config, name: str, seed: int = 0, lr: float 
     Returns accuracy, label loss (test), val loss (validation, the kept checkpoint's), trainable, total,
     seconds (training only), history (every evaluation), and whatever measure(model, enc) adds.
     """
-    cell = task_cell(base or lesson.base, task.name, config, seed, lesson.budget, lesson.device,
-                     general=lesson.general_text, lr=lr)
+    cell = lesson.cell(task.name, config, seed, lr=lr, base=base)
     result = {"accuracy": cell["score"], "label loss": cell["label_loss"], "val loss": cell["best_val_loss"],
               "trainable": cell["trainable"], "total": cell["total"], "seconds": cell["train_seconds"],
               "history": cell["history"]}
     if measure is not None:
         model, enc, _ = open_run(cell["run"], lesson.device)
         result.update(measure(model, enc))
-    took = f"{cell['train_seconds']:.0f}s" if cell["trained"] else "read back from runs/cells"
-    print(f"  {name}: test accuracy {result['accuracy']:.3f}, label loss {result['label loss']:.4f}, "
-          f"val loss {result['val loss']:.4f} ({took})", flush=True)
     return result
 
 
