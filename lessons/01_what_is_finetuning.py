@@ -41,8 +41,8 @@ import torch
 
 from minitune.data import domain_corpus, split
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task, generate_text, prompt_for
-from minitune.finetune import continue_pretraining, open_run, supervised
-from minitune.lesson import Lesson, and_list, bar_groups, perplexity, strategy_costs
+from minitune.finetune import continue_pretraining, open_run
+from minitune.lesson import Lesson, and_list, bar_groups, perplexity
 from minitune.memory import human_bytes
 from minitune.stats import p_text, summarize
 from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy
@@ -202,13 +202,9 @@ def reliability(lesson: Lesson, tasks: dict) -> None:
 
 def strategies_overview(lesson: Lesson) -> None:
     lesson.section("6. Two families of strategies, side by side")
-    task = lesson.budget.task("sentiment")
     rows, measured = [], {}
     for config in STRATEGIES:
-        model, enc = lesson.load_base()
-        model = apply_strategy(model, config)
-        x, y = supervised(task, "train", enc, model.max_input_tokens, batch_size=16).batch(0)
-        c = strategy_costs(model, x, y, lesson.device)
+        c = lesson.training_costs(config, "sentiment")
         mem = measured[config.name] = {**c["memory"], "file": c["file"], "step_ms": c["step_ms"]}
         rows.append({"strategy": config.name, "trainable params": c["trainable"],
                      "trainable %": 100 * c["trainable"] / c["total"],

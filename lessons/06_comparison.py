@@ -70,11 +70,11 @@ import torch
 from minitune.cells import common_target, first_reaching
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import open_run, supervised
-from minitune.lesson import Lesson, and_list, bar_groups, best_per_task, perplexity, strategy_costs
+from minitune.lesson import Lesson, and_list, bar_groups, best_per_task
 from minitune.memory import human_bytes, tensor_bytes
 from minitune.stats import p_text, summarize
-from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, apply_strategy,
-                                 load_trainable, trainable_state)
+from minitune.strategies import (AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, load_trainable,
+                                 trainable_state)
 from minitune.sweep import recorded_choices, recorded_sweeps, table_rows
 
 TASKS = {name: HEADLINE_METRIC[name] for name in ("topic", "summarization", "qa", "code")}
@@ -120,13 +120,9 @@ def every_strategy_on_every_task(lesson: Lesson) -> dict:
 
 def costs(lesson: Lesson, runs: dict) -> list[dict]:
     lesson.section("2. What each strategy costs")
-    task = lesson.budget.task("topic")
     rows = []
     for config in STRATEGIES:
-        model, enc = lesson.load_base()
-        model = apply_strategy(model, config)
-        x, y = supervised(task, "train", enc, model.max_input_tokens, batch_size=16).batch(0)
-        c = strategy_costs(model, x, y, lesson.device)
+        c = lesson.training_costs(config, "topic")
         files = [run["file"] for t in TASKS for run in runs[(t, config.name)].runs]
         rows.append({"strategy": config.name, "trainable %": 100 * c["trainable"] / c["total"],
                      "train memory": human_bytes(c["memory"]["total"]), "step ms": c["step_ms"],
@@ -313,8 +309,7 @@ def _conclude_forgetting(lesson: Lesson, forgetting: dict, runs: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     lesson = Lesson.start(6, "Choosing a strategy", __doc__, argv)
     learning_rates(lesson)
-    base, enc = lesson.load_base()
-    base_ppl = perplexity(base, enc, lesson.general_text, lesson.device, max_batches=lesson.budget.general_batches)
+    base_ppl = lesson.base_perplexity()
     lesson.record("base_general_perplexity", base_ppl)
     runs = every_strategy_on_every_task(lesson)
     cost_rows = costs(lesson, runs)

@@ -66,8 +66,7 @@ from dataclasses import fields
 import torch
 
 from minitune.evaluate import HEADLINE_METRIC
-from minitune.finetune import supervised
-from minitune.lesson import Lesson, and_list, bar_groups, best_per_task, perplexity, strategy_costs
+from minitune.lesson import Lesson, and_list, bar_groups, best_per_task, perplexity
 from minitune.memory import human_bytes, tensor_bytes
 from minitune.stats import summarize
 from minitune.strategies import (AdapterConfig, DoRAConfig, FullConfig, IA3Config, LoRAConfig, PrefixTuningConfig,
@@ -127,20 +126,17 @@ def every_strategy(lesson: Lesson) -> dict:
 
 def costs(lesson: Lesson, runs: dict) -> dict:
     lesson.section("2. What each strategy costs")
-    task = lesson.budget.task("topic")
     rows, by = [], {}
     for config in STRATEGIES:
-        model, enc = lesson.load_base()
-        model = apply_strategy(model, config)
-        x, y = supervised(task, "train", enc, model.max_input_tokens, batch_size=16).batch(0)
-        c = strategy_costs(model, x, y, lesson.device)
+        c = lesson.training_costs(config, "topic")
         per_step = {t: summarize([1000 * run["train_seconds"] / lesson.budget.steps for run in runs[(t, config.name)].runs])
                     for t in TASKS}
         file = statistics.mean(run["file"] for t in TASKS for run in runs[(t, config.name)].runs)
         by[config.name] = {"trainable": c["trainable"], "total": c["total"], "memory": c["memory"], "file": file,
                            "step_ms": c["step_ms"], "run_ms": per_step}
         if config.name == "prefix":  # what serving needs: the table the MLP computes, not the MLP
-            by["prefix"]["folded_file"] = tensor_bytes(trainable_state(fold(copy.deepcopy(model))).values())
+            model = apply_strategy(lesson.load_base()[0], config)  # the table's size does not depend on training
+            by["prefix"]["folded_file"] = tensor_bytes(trainable_state(fold(model)).values())
         rows.append({"strategy": config.name, "trainable": c["trainable"], "trainable %": 100 * c["trainable"] / c["total"],
                      "weights": human_bytes(c["memory"]["weights"]), "train memory": human_bytes(c["memory"]["total"]),
                      "step ms": c["step_ms"], **{f"ms/step, {t} runs": per_step[t] for t in TASKS},
@@ -272,8 +268,7 @@ def _same_low_rank(a, b) -> bool:
 def main(argv: list[str] | None = None) -> dict:
     lesson = Lesson.start(7, "Beyond the basics", __doc__, argv)
     learning_rates(lesson)
-    base, enc = lesson.load_base()
-    base_ppl = perplexity(base, enc, lesson.general_text, lesson.device, max_batches=lesson.budget.general_batches)
+    base_ppl = lesson.base_perplexity()
     lesson.record("base_general_perplexity", base_ppl)
     runs = every_strategy(lesson)
     cost = costs(lesson, runs)

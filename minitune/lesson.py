@@ -143,6 +143,21 @@ class Lesson:
               flush=True)
         return cell
 
+    def base_perplexity(self) -> float:
+        """The base's perplexity on the general text, measured as the cells measure it along each run."""
+        model, enc = self.load_base()
+        return perplexity(model, enc, self.general_text, self.device, max_batches=self.budget.general_batches)
+
+    def training_costs(self, config, task_name: str) -> dict:
+        """strategy_costs of `config` applied to the base, on the first batch of 16 of the task's training split."""
+        from minitune.finetune import supervised
+        from minitune.strategies import apply_strategy
+
+        model, enc = self.load_base()
+        model = apply_strategy(model, config)
+        x, y = supervised(self.budget.task(task_name), "train", enc, model.max_input_tokens, batch_size=16).batch(0)
+        return strategy_costs(model, x, y, self.device)
+
     def run_dir(self, name: str) -> Path:
         """A folder for one fine-tuning run of this lesson."""
         return self.out / "runs" / name
