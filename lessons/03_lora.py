@@ -25,9 +25,8 @@ trainable_parameters in minitune/strategies/__init__.py; grid() in minitune/swee
 each default with the 1-3-10 ladder's neighbours, 3e-3, 1e-2, 3e-2 for LoRA, 3e-4, 1e-3, 3e-3 for full
 fine-tuning); differs and best_of in minitune/stats.py (the noise rule).
 
-Run:  python lessons/03_lora.py            about 7 minutes on 2 CPU cores (60 fine-tunes of 160 steps;
-                                           estimated from the measured cost of one run, with the tiny
-                                           base cached)
+Run:  python lessons/03_lora.py            6 minutes on 2 CPU cores after lesson 1 (measured: 60
+                                           fine-tunes of 160 steps, 6 of them lesson 1's)
       python lessons/03_lora.py --quick    about 20 seconds, nano base and 8-step runs
 
 The idea. Fine-tuning changes a weight matrix W0 (out x in) into W0 + dW. Full fine-tuning learns dW

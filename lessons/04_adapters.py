@@ -14,8 +14,8 @@ What this lesson shows, by measuring it on your machine:
 Read alongside: minitune/strategies/adapter.py (the whole method, ~100 lines), and minitune/studies.py
 (how each setting is fine-tuned over seeds and scored; shared with lesson 5).
 
-Run:  python lessons/04_adapters.py            about 4 minutes on 2 CPU cores, with the tiny base cached
-                                               (33 fine-tuning runs of ~6 s each, and timing the placements)
+Run:  python lessons/04_adapters.py            5.5 minutes on 2 CPU cores (measured on its own: 33
+                                               fine-tuning runs, and timing the placements)
       python lessons/04_adapters.py --quick    about 15 seconds, nano base and toy sizes
 
 The idea. Instead of changing the base's weights (full fine-tuning) or adding a low-rank term beside

@@ -18,9 +18,9 @@ Read alongside: minitune/strategies/prompt.py (~130 lines), GPT.forward_embeddin
 (the one seam prompt tuning enters through), and minitune/studies.py (how each setting is fine-tuned
 over seeds, and how a learning rate is chosen on validation; shared with lesson 4).
 
-Run:  python lessons/05_prompt_tuning.py            about 6.5 minutes on 2 CPU cores with the tiny base
-                                                    cached (42 fine-tuning runs of 5 to 13 s, and on the
-                                                    first run pretraining a small base for part 6, ~15 s)
+Run:  python lessons/05_prompt_tuning.py            7.5 minutes on 2 CPU cores (measured: 42 fine-tuning
+                                                    runs, 3 of them lesson 1's, and on the first run
+                                                    pretraining a small base for part 6)
       python lessons/05_prompt_tuning.py --quick    about 15 seconds, nano base and toy sizes
 
 The idea. A prompt steers a frozen model through the embeddings of its tokens. Those embeddings are

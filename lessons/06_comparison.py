@@ -21,8 +21,8 @@ Read alongside: all of minitune/strategies/ (full.py, lora.py, adapter.py, promp
 apply_strategy, save_trainable and load_trainable, which also swaps), minitune/cells.py (how each run is
 trained, scored and traced), minitune/stats.py (the noise rule), minitune/memory.py.
 
-Run:  python lessons/06_comparison.py      about 4 minutes on 2 CPU cores after lesson 1 (whose full and
-                                            LoRA runs it reads back), about 8 on its own
+Run:  python lessons/06_comparison.py      4 minutes on 2 CPU cores after lessons 1-5 (measured; 30 of
+                                            its 48 runs are theirs), about 9 on its own (estimated)
       python lessons/06_comparison.py --quick    seconds, nano sizes
 
 The idea. The four strategies differ in what they let move. With the base's weights W (P numbers):

@@ -18,9 +18,8 @@ Read alongside: minitune/strategies/dora.py, ia3.py, prefix.py, nf4.py and qlora
 math and trainable count), minitune/cells.py (how each run is trained, scored and traced),
 minitune/memory.py (what "training memory" counts) and minitune/stats.py (the noise rule).
 
-Run:  python lessons/07_beyond.py           about 8 minutes on 2 CPU cores on its own, about 4 after
-                                             lesson 6 (whose topic and qa runs of the first four strategies
-                                             it reads back); estimated from single runs, not yet timed
+Run:  python lessons/07_beyond.py           6.5 minutes on 2 CPU cores on its own, 3.5 after lesson 6
+                                             (measured; lesson 6 trains 24 of its 48 runs)
       python lessons/07_beyond.py --quick   seconds, nano sizes
 
 The idea. Module 1's three parameter-efficient methods each pick one place to add something: LoRA a
