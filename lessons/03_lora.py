@@ -167,7 +167,7 @@ def trained_model(lesson: Lesson, run: dict):
     return open_run(run["run"], lesson.device)[0]
 
 
-def test_scores(lesson: Lesson, task, enc, runs) -> dict[str, Cell]:
+def test_scores(runs) -> dict[str, Cell]:
     """Each seed's test scores (computed when its cell was trained): a Cell per measure."""
     return {k: summarize([run[k] for run in runs.runs]) for k in ("test loss", "test exact match")}
 
@@ -189,7 +189,7 @@ def sweep(lesson: Lesson, task, enc, config, name: str, progress: Progress, rate
             "tied": [lr for lr in usable if f"{lr:g}" in pick.tied],
             "edge": len(rates) > 1 and best in (rates[0], rates[-1]),
             "trainable": first["trainable"], "total": first["total"],
-            "test": test_scores(lesson, task, enc, runs[best])}
+            "test": test_scores(runs[best])}
 
 
 def val_loss(cell: dict, lr: float) -> Cell | str:
@@ -200,11 +200,11 @@ def val_loss(cell: dict, lr: float) -> Cell | str:
     return f"diverged {sum(run['diverged'] for run in runs)}/{len(runs)}"
 
 
-def at_rate(lesson: Lesson, task, enc, cell: dict, lr: float) -> dict[str, Cell]:
+def at_rate(cell: dict, lr: float) -> dict[str, Cell]:
     """Test scores of a swept cell at rate lr (its chosen rate's are already there)."""
     if lr not in cell["usable"]:
         raise TrainingError(f"no test scores at rate {lr:g}: training diverged there")
-    return cell["test"] if lr == cell["best"] else test_scores(lesson, task, enc, cell["runs"][lr])
+    return cell["test"] if lr == cell["best"] else test_scores(cell["runs"][lr])
 
 
 def rates_text(rates) -> str:
@@ -355,8 +355,8 @@ def fixed_rate_conclusion(lesson: Lesson, task, enc, cells: dict, big: int) -> N
     if any(lr not in cell["usable"] for cell in pair):
         lesson.conclude(f"At r = {big} and rate {lr:g}, training diverged for a scheme: no fixed-rate comparison.")
         return
-    c = lesson.compare(at_rate(lesson, task, enc, pair[0], lr)["test loss"],
-                       at_rate(lesson, task, enc, pair[1], lr)["test loss"],
+    c = lesson.compare(at_rate(pair[0], lr)["test loss"],
+                       at_rate(pair[1], lr)["test loss"],
                        (f"alpha / r at r = {big}", f"rsLoRA at r = {big}"))
     lesson.conclude(
         f"At one fixed rate ({lr:g}), test loss: {c.text(verb='is higher than')}. Kalajdzievski reports that at a "
@@ -440,7 +440,7 @@ def targets(lesson: Lesson, task, enc, base_config, cells: dict, full: dict, ref
         if tgt == ("c_attn",):  # made in part 2
             cell = cells[(ALPHA_R, ref)]
             scored[name] = {"trainable": cell["trainable"], "val loss": val_loss(cell, lr),
-                            **at_rate(lesson, task, enc, cell, lr), "models": cell["runs"][lr].runs}
+                            **at_rate(cell, lr), "models": cell["runs"][lr].runs}
         else:
             cell = sweep(lesson, task, enc, lora(ALPHA_R, ref, ref, tgt), "targets-" + "+".join(tgt), progress, [lr])
             scored[name] = {"trainable": cell["trainable"], "val loss": val_loss(cell, lr), **cell["test"],

@@ -97,10 +97,7 @@ def learning_rates(lesson: Lesson) -> None:
 
 def every_strategy_on_every_task(lesson: Lesson) -> dict:
     lesson.section("1. Every strategy on four tasks")
-    runs = {}
-    for name in TASKS:
-        for config in STRATEGIES:
-            runs[(name, config.name)] = lesson.over_seeds(lambda s: lesson.cell(name, config, s))
+    runs = lesson.cells_over_seeds(TASKS, STRATEGIES)
     names = [c.name for c in STRATEGIES]
     quality = [{"task": t, "metric": m, **{s: runs[(t, s)]["score"] for s in names},
                 "test items": runs[(t, "full")].runs[0]["n"]} for t, m in TASKS.items()]

@@ -101,10 +101,7 @@ def learning_rates(lesson: Lesson) -> None:
 
 def every_strategy(lesson: Lesson) -> dict:
     lesson.section("1. Eight strategies on two tasks")
-    runs = {}
-    for name in TASKS:
-        for config in STRATEGIES:
-            runs[(name, config.name)] = lesson.over_seeds(lambda s: lesson.cell(name, config, s))
+    runs = lesson.cells_over_seeds(TASKS, STRATEGIES)
     names = [c.name for c in STRATEGIES]
     quality = [{"strategy": s, **{f"{t} ({m})": runs[(t, s)]["score"] for t, m in TASKS.items()},
                 "lr": STRATEGIES[i].default_lr} for i, s in enumerate(names)]

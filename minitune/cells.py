@@ -39,7 +39,8 @@ from minitune.train import evaluate_loss
 
 PACKAGE = Path(__file__).parent
 # The code that only reports numbers, never makes them: changing it keeps the cells (source_hash)
-REPORTING = ("lesson.py", "stats.py", "plots.py", "studies.py", "sweep.py", "cli.py", "__main__.py", "bench/")
+REPORTING = ("lesson.py", "course.py", "stats.py", "plots.py", "studies.py", "sweep.py", "cli.py", "__main__.py",
+             "bench/")
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
         return json.loads((folder / "cell.json").read_text()) | {"run": str(folder), "trained": False}
 
     task = budget.task(task_name)
-    general_enc = load_run(base)[1] if general else None
+    fresh_base, general_enc, _ = load_run(base)  # to check the base after training, and to read the general text
 
     def watch(model) -> dict:  # the general text's perplexity at every evaluation along the run
         return {"general_ppl": perplexity(model, general_enc, general, max_batches=budget.general_batches)}
@@ -118,7 +119,7 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
             "trainable": run["trainable_params"], "total": run["total_params"],
             "train_seconds": run["history"][-1]["train_seconds"],
             "file": file_size(out / "best" / "trainable.safetensors"),
-            "base_intact": base_unchanged(model, load_run(base)[0]),  # every base tensor bitwise as loaded
+            "base_intact": base_unchanged(model, fresh_base),  # every base tensor bitwise as loaded
             "history": [{k: r[k] for k in ("step", "val_loss", "train_seconds", "general_ppl") if k in r}
                         for r in run["history"]]}
     if task.kind == "classification":  # a continuous score beside accuracy, for when accuracy saturates

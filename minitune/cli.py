@@ -118,7 +118,7 @@ def _sweep(args: argparse.Namespace) -> None:
 def _summary(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from minitune.lesson import course_summary, update_readme
+    from minitune.course import course_summary, update_readme
     from minitune.pretrain import runs_dir
 
     lessons = Path(args.lessons) if args.lessons else runs_dir() / "lessons"

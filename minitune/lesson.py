@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
 import tempfile
@@ -39,7 +38,6 @@ import torch
 from minitune.cells import Budget, task_cell
 from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.data import pretraining_corpus, split
-from minitune.errors import ConfigError
 from minitune.evaluate import perplexity  # noqa: F401  (lessons import it from here)
 from minitune.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
 from minitune.pretrain import load_run, runs_dir
@@ -157,6 +155,10 @@ class Lesson:
         model = apply_strategy(model, config)
         x, y = supervised(self.budget.task(task_name), "train", enc, model.max_input_tokens, batch_size=16).batch(0)
         return strategy_costs(model, x, y, self.device)
+
+    def cells_over_seeds(self, tasks, configs) -> dict:
+        """Every config on every task over the lesson's seeds: {(task, config name): SeedRuns of cells}."""
+        return {(t, c.name): self.over_seeds(lambda s, t=t, c=c: self.cell(t, c, s)) for t in tasks for c in configs}
 
     def run_dir(self, name: str) -> Path:
         """A folder for one fine-tuning run of this lesson."""
@@ -373,35 +375,3 @@ def step_time_ms(model, x: torch.Tensor, y: torch.Tensor, repeats: int = 5, devi
             times.append((time.perf_counter() - t0) * 1000)
     model.eval()
     return statistics.median(times)
-
-
-# --- README's "What the lessons show", built from the lessons' own summaries ----------------------------------
-
-README_BEGIN = "<!-- lessons:begin (written by `minitune summary --readme README.md`; do not edit by hand) -->"
-README_END = "<!-- lessons:end -->"
-
-
-def course_summary(lessons_dir: str | Path) -> str:
-    """Every lesson's summary.md under lessons_dir (runs/lessons/NN/), in lesson order, and the total time."""
-    paths = sorted(Path(lessons_dir).glob("[0-9][0-9]/summary.md"))
-    if not paths:
-        raise ConfigError(f"no lesson summaries under {lessons_dir}: run the lessons first (python lessons/NN_*.py)")
-    seconds = []
-    for p in paths:
-        results = p.parent / "results.json"
-        if results.is_file():
-            seconds.append(json.loads(results.read_text()).get("seconds", 0.0))
-    total = f"The {len(paths)} lessons took {sum(seconds) / 60:.0f} minutes in all.\n\n" if seconds else ""
-    return total + "\n".join(p.read_text() for p in paths)
-
-
-def update_readme(readme: str | Path, lessons_dir: str | Path) -> None:
-    """Replace the text between README's lesson markers with course_summary(lessons_dir)."""
-    readme = Path(readme)
-    text = readme.read_text()
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(README_END):
-        raise ConfigError(f"{readme} needs one {README_BEGIN!r} line followed by one {README_END!r} line")
-    head, rest = text.split(README_BEGIN)
-    _, tail = rest.split(README_END)
-    new = f"{head}{README_BEGIN}\n{course_summary(lessons_dir)}{README_END}{tail}"
-    atomic_write(readme, lambda tmp: Path(tmp).write_text(new))

@@ -8,7 +8,8 @@ import pytest
 from minitune.cells import Budget, cell_key, common_target, first_reaching, task_cell
 from minitune.errors import ConfigError
 from minitune.data.tasks import load_task
-from minitune.lesson import README_BEGIN, README_END, course_summary, held_out_text, update_readme
+from minitune.course import README_BEGIN, README_END, course_summary, update_readme
+from minitune.lesson import held_out_text
 from minitune.strategies import FullConfig, LoRAConfig
 
 QUICK = Budget.for_mode(quick=True)

@@ -29,7 +29,7 @@ def test_readme_test_command_is_what_ci_runs():
 def test_what_the_lessons_show_is_built_from_every_lesson():
     """The section between the markers is `minitune summary` output: one summary per lesson script, each with
     where and how long it ran, none from a --quick run."""
-    from minitune.lesson import README_BEGIN, README_END
+    from minitune.course import README_BEGIN, README_END
 
     text = README.read_text()
     assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1
