@@ -13,7 +13,9 @@ It trains whatever parameters have `requires_grad` (a strategy decides which, be
 A run is a pure function of its settings: batch i is the same whenever it is asked for, the learning
 rate is a function of the step, and the random generators are saved with the weights. So a run that
 is killed and resumed from its last resume state ends with exactly the weights of one that never
-stopped. Under torchrun the same loop runs in every process (see minitune/distributed.py).
+stopped. Under torchrun the same loop runs in every process (see minitune/distributed.py). The
+bookkeeping it calls (resume state, stopping on SIGINT/SIGTERM, skipping non-finite steps) is in
+minitune/train_state.py.
 
 Why divide by N and not average each micro-batch's mean: fine-tuning batches mask their prompt tokens,
 so micro-batches hold different numbers of targets. Averaging means would weigh a token of a sparse
@@ -23,14 +25,11 @@ exactly the one a single big batch would take, however it is split across micro-
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import signal
-import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -41,9 +40,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from minitune import distributed
-from minitune.checkpoint import load_resume, rng_state, save_resume, set_rng_state
-from minitune.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from minitune.errors import ConfigError
 from minitune.model import IGNORE_INDEX
+from minitune.train_state import (Progress, StopOnSignal, open_out_dir, out_of_memory, record_eval, restore,
+                                  save_or_stop, skip_non_finite)
 
 
 @dataclass
@@ -210,80 +210,9 @@ def evaluate_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     return total / max(count, 1)
 
 
-@dataclass
-class _Progress:
-    """What the loop has done so far; saved with the resume state."""
-
-    step: int = 0
-    tokens: int = 0
-    best: float | None = None
-    skipped: int = 0
-    history: list[dict] = field(default_factory=list)
-
-
-class _StopOnSignal:
-    """While active, SIGINT and SIGTERM ask the loop to stop cleanly at the end of the current step."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._old: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def _save_state(out: Path, model, optimizer, progress: _Progress, cfg: TrainConfig) -> Path:
-    state = {"model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-             "optimizer": optimizer.state_dict(), "rng": rng_state(), "progress": asdict(progress)}
-    return save_resume(out, state, {"step": progress.step, "settings": _settings(cfg)})
-
-
-def _settings(cfg: TrainConfig) -> dict:
-    """The settings a resumed run must share with the run it continues."""
-    return {k: v for k, v in asdict(cfg).items() if k not in ("device", "quiet", "log_every", "checkpoint_every")}
-
-
-def _restore(out: Path, model, optimizer, cfg: TrainConfig) -> _Progress:
-    loaded = load_resume(out)
-    if loaded is None:
-        return _Progress()
-    state, info = loaded
-    saved = json.loads(json.dumps(info.get("settings")))
-    now = json.loads(json.dumps(_settings(cfg)))
-    if saved != now:
-        diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
-        raise CheckpointError(f"{out} was started with other settings (saved, now): {diff}; resume with the same ones")
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(params) != set(state["model"]) or any(params[n].shape != t.shape for n, t in state["model"].items()):
-        raise CheckpointError(f"{out / 'resume.pt'} holds the trainable tensors of another model or strategy")
-    with torch.no_grad():
-        for n, t in state["model"].items():
-            params[n].copy_(t)
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return _Progress(**state["progress"])
-
-
-def train(
-    model: nn.Module,
-    train_data,
-    val_data=None,
-    cfg: TrainConfig | None = None,
-    out_dir: str | Path | None = None,
-    save: Callable[[nn.Module, Path], None] | None = None,
-    resume: bool = False,
-    on_eval: Callable[[nn.Module], dict] | None = None,
-) -> TrainResult:
+def train(model: nn.Module, train_data, val_data=None, cfg: TrainConfig | None = None,
+          out_dir: str | Path | None = None, save: Callable[[nn.Module, Path], None] | None = None,
+          resume: bool = False, on_eval: Callable[[nn.Module], dict] | None = None) -> TrainResult:
     """Train model on train_data.batch(i) for cfg.max_steps steps; evaluate on val_data.eval_batches().
 
     With out_dir: every evaluation is appended to out_dir/log.jsonl; `save(model, dir)` writes
@@ -305,20 +234,16 @@ def train(
     optimizer = make_optimizer(model, cfg, device)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     net = DistributedDataParallel(model) if W > 1 else model  # averages gradients across processes
-    progress = _restore(out, model, optimizer, cfg) if resume else _Progress()
-    if main and out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if progress.step == 0:
-            (out / "log.jsonl").unlink(missing_ok=True)
+    progress = restore(out, model, optimizer, cfg) if resume else Progress()
+    open_out_dir(out, progress)
     say = print if main and not cfg.quiet else (lambda *a, **k: None)
     if progress.step:
         say(f"resuming at step {progress.step}/{cfg.max_steps}", flush=True)
 
     val_loss = train_loss = None
     window_loss, window_n = 0.0, 0
-    t0, tokens0, start_step = time.perf_counter(), progress.tokens, progress.step
-    eval_seconds = 0.0
-    with _StopOnSignal() as stop:
+    t0, tokens0, start_step, eval_seconds = time.perf_counter(), progress.tokens, progress.step, 0.0
+    with StopOnSignal() as stop:
         for step in range(progress.step, cfg.max_steps):
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
@@ -330,25 +255,8 @@ def train(
                 progress.tokens += sum(x.numel() for x, _ in micro_batches) * W
                 norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
             except torch.OutOfMemoryError as e:
-                raise TrainingError(
-                    f"out of memory on {device} at step {step + 1}: lower the batch size (gradient "
-                    "accumulation keeps the effective batch), the context length or the model size") from e
-            bad = not (math.isfinite(step_loss) and math.isfinite(float(norm)))
-            if W > 1:
-                bad = distributed.sum_across_ranks(float(bad))[0] > 0
-            if bad:
-                optimizer.zero_grad(set_to_none=True)
-                progress.skipped += 1
-                if progress.skipped > cfg.max_bad_steps:
-                    last_good = out / "resume.pt" if out is not None and (out / "resume.pt").is_file() else None
-                    raise TrainingError(
-                        f"non-finite loss or gradient at step {step + 1} (batch {step * cfg.grad_accum * W + rank}, "
-                        f"loss {step_loss}, gradient norm {float(norm)}); last good checkpoint: "
-                        f"{last_good or 'none (set checkpoint_every)'}. Lower the learning rate, or allow "
-                        "skipping with max_bad_steps")
-                say(f"step {step + 1}: non-finite loss or gradient, step skipped "
-                    f"({progress.skipped}/{cfg.max_bad_steps})", flush=True)
-            else:
+                raise out_of_memory(device, step) from e
+            if not skip_non_finite(step_loss, norm, step, optimizer, progress, cfg, out, say):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 window_loss += step_loss
@@ -357,13 +265,8 @@ def train(
 
             last = progress.step == cfg.max_steps
             if (progress.step % cfg.log_every == 0 or last) and window_n:
-                train_loss = window_loss / window_n
-                window_loss, window_n = 0.0, 0
-                elapsed = time.perf_counter() - t0
-                rate = (progress.tokens - tokens0) / elapsed
-                eta = elapsed / (progress.step - start_step) * (cfg.max_steps - progress.step)
-                say(f"step {progress.step:>5}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                    f"{rate:,.0f} tok/s | ETA {_fmt_time(eta)}", flush=True)
+                train_loss, window_loss, window_n = window_loss / window_n, 0.0, 0
+                say(_progress_line(progress, cfg, train_loss, lr, t0, tokens0, start_step), flush=True)
             if val_data is not None and (progress.step % cfg.eval_every == 0 or last):
                 e0 = time.perf_counter()
                 val_loss = evaluate_loss(model, val_data.eval_batches(), device)
@@ -373,27 +276,11 @@ def train(
                 if on_eval is not None:
                     record.update(on_eval(model))
                     model.train()
-                progress.history.append(record)
                 say(f"step {progress.step:>5}/{cfg.max_steps} | val loss {val_loss:.4f}", flush=True)
-                if main and out is not None:
-                    with open(out / "log.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if progress.best is None or val_loss < progress.best:
-                    progress.best = val_loss
-                    if main and out is not None and save is not None:
-                        save(model, out / "best")
+                if record_eval(out, progress, record, val_loss) and main and out is not None and save is not None:
+                    save(model, out / "best")
                 eval_seconds += time.perf_counter() - e0  # evaluating and saving are not training
-            stopping = stop.signal is not None
-            if W > 1:
-                stopping = distributed.sum_across_ranks(float(stopping))[0] > 0
-            if main and out is not None and (stopping or (cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0)):
-                _save_state(out, model, optimizer, progress, cfg)
-            if stopping and not last:
-                distributed.barrier()
-                raise TrainingInterrupted(
-                    f"stopped by a signal after step {progress.step}/{cfg.max_steps}; the run is saved in {out}: "
-                    "run the same command with --resume to continue" if out is not None else
-                    f"stopped by a signal after step {progress.step}/{cfg.max_steps} (no output folder, nothing saved)")
+            save_or_stop(stop, out, model, optimizer, progress, cfg)
     seconds = time.perf_counter() - t0
     if val_data is not None and val_loss is None:  # resumed a finished run: nothing trained, still report
         val_loss = evaluate_loss(model, val_data.eval_batches(), device)
@@ -403,6 +290,16 @@ def train(
     model.eval()
     return TrainResult(progress.step, train_loss, val_loss, progress.best, progress.tokens - tokens0, seconds,
                        progress.history)
+
+
+def _progress_line(progress: Progress, cfg: TrainConfig, train_loss: float, lr: float, t0: float, tokens0: int,
+                   start_step: int) -> str:
+    """The log line of a step: loss, learning rate, tokens per second since t0 and the time left."""
+    elapsed = time.perf_counter() - t0
+    rate = (progress.tokens - tokens0) / elapsed
+    eta = elapsed / (progress.step - start_step) * (cfg.max_steps - progress.step)
+    return (f"step {progress.step:>5}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+            f"{rate:,.0f} tok/s | ETA {_fmt_time(eta)}")
 
 
 def _fmt_time(seconds: float) -> str:
