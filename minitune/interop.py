@@ -40,7 +40,8 @@ from minitune.errors import CheckpointError, ConfigError
 from minitune.model import GPT, GPTConfig
 from minitune.strategies import apply_strategy
 from minitune.strategies.full import FullConfig
-from minitune.strategies.lora import LoRAConfig, lora_layers, merged_state_dict, target_layers
+from minitune.strategies.lora import LoRAConfig, lora_layers, merged_state_dict
+from minitune.strategies.targets import target_layers
 
 HF_CONFIG, HF_SAFETENSORS, HF_BIN = "config.json", "model.safetensors", "pytorch_model.bin"
 PEFT_CONFIG, PEFT_SAFETENSORS, PEFT_BIN = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"

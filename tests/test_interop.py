@@ -1,11 +1,11 @@
-"""Hugging Face GPT-2 checkpoints and PEFT adapters: layouts, round trips, bad files, and parity with the libraries.
+"""Hugging Face GPT-2 checkpoints: layouts, round trips, bad files, and parity with transformers.
 
 The checkpoints are built here in exactly HF's layout (Conv1D weights [in, out], the attn.bias mask buffers)
 and checked against a GPT-2 forward pass written from those tensors with Conv1D's own arithmetic, x @ W + b,
-so a missing or doubled transpose shows up as wrong logits.
+so a missing or doubled transpose shows up as wrong logits. PEFT's LoRA adapter files, and parity with PEFT,
+are tested with LoRA, in test_lora.py.
 """
 
-import copy
 import json
 import math
 import os
@@ -13,16 +13,15 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_hf_gpt2
 
 from minitune.checkpoint import load_tensors, save_tensors
 from minitune.errors import CheckpointError, ConfigError
-from minitune.interop import load_hf_gpt2, load_peft_lora, save_hf_gpt2, save_peft_lora
+from minitune.interop import load_hf_gpt2, save_hf_gpt2
 from minitune.model import GPT, GPTConfig
-from minitune.strategies import AdapterConfig, LoRAConfig, PromptTuningConfig, apply_strategy, merge
-from minitune.strategies.lora import LoRALinear, lora_layers
+from minitune.strategies import AdapterConfig, PromptTuningConfig, apply_strategy, merge
+from minitune.strategies.lora import lora_layers
+from strategy_cases import D, H, L, T, V, hf_logits, hf_model, logits, lora_model, random_gpt, report_diff
 
-V, T, L, H, D = 64, 16, 2, 2, 16  # vocab, context, layers, heads, width
 HF_CONFIG = dict(model_type="gpt2", vocab_size=V, n_positions=T, n_ctx=T, n_layer=L, n_head=H, n_embd=D,
                  layer_norm_epsilon=1e-5, activation_function="gelu_new", n_inner=None)
 
@@ -87,31 +86,6 @@ def reference_logits(t: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Ten
 
 def ids(seed=1, B=2, n=T) -> torch.Tensor:
     return torch.randint(0, V, (B, n), generator=torch.Generator().manual_seed(seed))
-
-
-def random_gpt(seed=0) -> GPT:
-    """A minitune GPT with every tensor random (biases and LayerNorms too, so none hides a mistake)."""
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=D))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model.eval()
-
-
-def lora_model(seed=0, **kw) -> GPT:
-    """random_gpt with LoRA on c_attn and mlp.c_fc, B made nonzero so the update shows."""
-    config = LoRAConfig(**{"r": 4, "alpha": 8, "targets": ("c_attn", "mlp.c_fc"), **kw})
-    model = apply_strategy(random_gpt(seed), config)
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            layer.lora_B.normal_(0, 0.2)
-    return model.eval()
-
-
-def logits(model, x=None) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids() if x is None else x)[0]
 
 
 def hf_key_set(n_layer=L) -> set[str]:
@@ -265,156 +239,13 @@ def test_a_pickle_of_something_else_is_refused(tmp_path):
         load_hf_gpt2(folder)
 
 
-# --- PEFT LoRA adapters --------------------------------------------------------------------------------
-
-def test_peft_adapter_round_trip_gives_identical_logits(tmp_path):
-    model = lora_model(rslora=True, dropout=0.05)
-    save_peft_lora(model, tmp_path / "adapter")
-    fresh = load_peft_lora(random_gpt(), tmp_path / "adapter").eval()
-    assert fresh.strategy == model.strategy
-    assert torch.equal(logits(fresh), logits(model))
-    assert all(not p.requires_grad for n, p in fresh.named_parameters() if "lora_" not in n)
-
-
-def test_peft_files_hold_peft_names_shapes_dtypes_and_fields(tmp_path):
-    model = lora_model()
-    save_peft_lora(model, tmp_path / "adapter", base_model_name_or_path="my/base")
-    assert sorted(os.listdir(tmp_path / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
-    t = load_tensors(tmp_path / "adapter" / "adapter_model.safetensors")
-    expected = {f"base_model.model.transformer.h.{i}.{m}.lora_{ab}.weight"
-                for i in range(L) for m in ("attn.c_attn", "mlp.c_fc") for ab in "AB"}
-    assert set(t) == expected
-    assert t["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"].shape == (4, D)  # [r, in]
-    assert t["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].shape == (3 * D, 4)  # [out, r]
-    assert t["base_model.model.transformer.h.1.mlp.c_fc.lora_B.weight"].shape == (4 * D, 4)
-    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in t.values())
-    assert torch.equal(t["base_model.model.transformer.h.1.mlp.c_fc.lora_B.weight"],
-                       model.transformer.h[1].mlp.c_fc.lora_B)
-    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert cfg == {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "my/base", "r": 4,
-        "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["c_attn", "mlp.c_fc"], "use_rslora": False,
-        "fan_in_fan_out": True, "bias": "none", "inference_mode": True, "modules_to_save": None,
-        "init_lora_weights": True,
-    }
-
-
-def test_an_adapter_made_on_gpt2model_loads_too(tmp_path):
-    """PEFT on GPT2Model (no LM head) names tensors base_model.model.h.0...: the same layers."""
-    model = lora_model()
-    folder = save_peft_lora(model, tmp_path / "adapter")
-    t = load_tensors(folder / "adapter_model.safetensors")
-    save_tensors(folder / "adapter_model.safetensors", {k.replace(".transformer.", "."): v for k, v in t.items()})
-    assert torch.equal(logits(load_peft_lora(random_gpt(), folder).eval()), logits(model))
-
-
-def test_save_peft_lora_needs_lora(tmp_path):
-    with pytest.raises(ConfigError, match="LoRA"):
-        save_peft_lora(random_gpt(), tmp_path / "adapter")
-
-
-def _unchanged(model, before) -> bool:
-    return (getattr(model, "strategy", None) is None and not lora_layers(model)
-            and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-            and set(before) == set(model.state_dict()))
-
-
-PA = "base_model.model.transformer.h."  # every PEFT key starts so
-
-
-def _wider_r(cfg, t):
-    """r = 32 throughout, config and tensors alike: more than the 16-wide layers allow."""
-    cfg.update(r=32)
-    t.update({k: torch.zeros(32, v.shape[1]) if ".lora_A." in k else torch.zeros(v.shape[0], 32) for k, v in t.items()})
-
-
-BAD_ADAPTERS = {
-    "not-lora": (lambda c, t: c.update(peft_type="PREFIX_TUNING"), "peft_type is 'PREFIX_TUNING'"),
-    "no-such-module": (lambda c, t: c.update(target_modules=["c_attn", "q_proj"]), "'q_proj' matches no layer"),
-    "regex-targets": (lambda c, t: c.update(target_modules=".*c_attn"), "list of module names"),
-    "dora": (lambda c, t: c.update(use_dora=True), "use_dora"),
-    "r-differs": (lambda c, t: c.update(r=8), f"wrong shapes \\['{PA}0.attn.c_attn.lora_A.weight: file \\[4, 16\\], "
-                                              "expected \\[8, 16\\]"),
-    "r-too-wide": (_wider_r, "at most min"),
-    "missing": (lambda c, t: t.pop(f"{PA}1.mlp.c_fc.lora_B.weight"), f"missing \\['{PA}1.mlp.c_fc.lora_B.weight'\\]"),
-    "unexpected": (lambda c, t: t.update({f"{PA}0.mlp.c_proj.lora_A.weight": torch.zeros(4, 4 * D)}),
-                   f"unexpected \\['{PA}0.mlp.c_proj.lora_A.weight'\\]"),
-    "wrong-shape": (lambda c, t: t.update({f"{PA}0.attn.c_attn.lora_B.weight": torch.zeros(D, 4)}),
-                    f"{PA}0.attn.c_attn.lora_B.weight: file \\[16, 4\\], expected \\[48, 4\\]"),
-}
-
-
-@pytest.mark.parametrize("change, message", BAD_ADAPTERS.values(), ids=BAD_ADAPTERS.keys())
-def test_bad_adapters_are_refused_and_leave_the_model_unchanged(tmp_path, change, message):
-    folder = save_peft_lora(lora_model(), tmp_path / "adapter")
-    cfg = json.loads((folder / "adapter_config.json").read_text())
-    t = load_tensors(folder / "adapter_model.safetensors")
-    change(cfg, t)
-    (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    save_tensors(folder / "adapter_model.safetensors", t)
-    base = random_gpt(1)
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    with pytest.raises(CheckpointError, match=message) as e:
-        load_peft_lora(base, folder)
-    assert "adapter_" in str(e.value)  # the file is named
-    assert _unchanged(base, before)
-
-
-def test_adapter_folder_without_files_is_named(tmp_path):
-    folder = save_peft_lora(lora_model(), tmp_path / "adapter")
-    (folder / "adapter_model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="adapter_model.safetensors or adapter_model.bin"):
-        load_peft_lora(random_gpt(), folder)
-    (folder / "adapter_config.json").unlink()
-    with pytest.raises(CheckpointError, match="adapter_config.json"):
-        load_peft_lora(random_gpt(), folder)
-
-
-def test_load_peft_lora_needs_a_plain_base(tmp_path):
-    folder = save_peft_lora(lora_model(), tmp_path / "adapter")
-    with pytest.raises(ConfigError, match="plain base"):
-        load_peft_lora(lora_model(), folder)
-
-
-def test_a_peft_adapter_loads_onto_a_base_read_from_hf(tmp_path):
-    """The two halves together: a real-layout base from disk plus an adapter gives the LoRA model's logits."""
-    model = lora_model()
-    plain = copy.deepcopy(model)
-    for name, layer in lora_layers(plain).items():  # strip the LoRA layers back to the frozen linears
-        parent, _, child = name.rpartition(".")
-        linear = torch.nn.Linear(layer.in_features, layer.out_features)
-        linear.weight, linear.bias = layer.weight, layer.bias
-        setattr(plain.get_submodule(parent), child, linear)
-    plain.strategy = None
-    save_hf_gpt2(plain, tmp_path / "base")
-    save_peft_lora(model, tmp_path / "adapter")
-    again = load_peft_lora(load_hf_gpt2(tmp_path / "base"), tmp_path / "adapter")
-    assert isinstance(again.transformer.h[0].mlp.c_fc, LoRALinear)
-    torch.testing.assert_close(logits(again), logits(model), rtol=1e-6, atol=1e-6)
-
-
-# --- parity with transformers and peft (test dependencies: these never skip) -----------------------------
-
-def _hf_model(seed=0):
-    return random_hf_gpt2(V, T, L, H, D, seed)
-
-
-def _hf_logits(model, x=None):
-    with torch.no_grad():
-        return model(ids() if x is None else x).logits
-
-
-def _report(name, a, b):
-    diff = (a - b).abs().max().item()
-    print(f"{name}: max abs logit difference {diff:.3g}")
-    return diff
-
+# --- parity with transformers (a test dependency: these never skip) --------------------------------------
 
 def test_parity_transformers_save_pretrained_to_minitune(tmp_path):
-    hf = _hf_model()
+    hf = hf_model()
     hf.save_pretrained(tmp_path / "hf")
     ours = load_hf_gpt2(tmp_path / "hf")
-    assert _report("HF -> minitune", logits(ours), _hf_logits(hf)) < 1e-4
+    assert report_diff("HF -> minitune", logits(ours), hf_logits(hf)) < 1e-4
 
 
 def test_parity_minitune_to_transformers_from_pretrained(tmp_path):
@@ -422,40 +253,7 @@ def test_parity_minitune_to_transformers_from_pretrained(tmp_path):
     model = random_gpt()
     save_hf_gpt2(model, tmp_path / "out")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
-    assert _report("minitune -> HF", _hf_logits(hf), logits(model)) < 1e-4
-
-
-def test_parity_minitune_lora_loads_into_peft(tmp_path):
-    import peft
-    hf = _hf_model()
-    hf.save_pretrained(tmp_path / "hf")
-    model = apply_strategy(load_hf_gpt2(tmp_path / "hf"), LoRAConfig(r=4, alpha=8, targets=("c_attn", "mlp.c_fc")))
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            layer.lora_B.normal_(0, 0.2)
-    save_peft_lora(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "hf"))
-    base_logits = _hf_logits(hf)
-    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
-    assert _report("minitune LoRA -> PEFT", _hf_logits(peft_model), logits(model.eval())) < 1e-4
-    assert (_hf_logits(peft_model) - base_logits).abs().max() > 1e-2  # the update is there to be compared
-
-
-def test_parity_peft_adapter_loads_into_minitune(tmp_path):
-    import peft
-    hf = _hf_model()
-    hf.save_pretrained(tmp_path / "hf")
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "mlp.c_fc"], fan_in_fan_out=True,
-                             task_type="CAUSAL_LM", use_rslora=True)
-    peft_model = peft.get_peft_model(hf, config)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.2)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    model = load_peft_lora(load_hf_gpt2(tmp_path / "hf"), tmp_path / "adapter").eval()
-    assert (model.strategy.r, model.strategy.alpha, model.strategy.rslora) == (4, 8, True)
-    assert set(model.strategy.targets) == {"c_attn", "mlp.c_fc"}  # PEFT keeps them as a set
-    assert _report("PEFT -> minitune LoRA", logits(model), _hf_logits(peft_model.eval())) < 1e-4
+    assert report_diff("minitune -> HF", hf_logits(hf), logits(model)) < 1e-4
 
 
 def test_a_gpt2_checkpoint_folder_is_a_base_for_finetune_and_lessons(tmp_path):

@@ -6,8 +6,11 @@
     save_trainable(model, "runs/sentiment-lora")            # only the trainable tensors + the config
     model = load_trainable(load_base(), "runs/sentiment-lora")
 
-Trainable tensors are recognisable by name (`lora_`, `adapter`, `soft_prompt`, `ia3_`, `prefix`; under full
-fine-tuning, all of them), so counting, saving and loading are written once, here, for every strategy.
+What trains is whatever has requires_grad set: each strategy freezes the base and adds tensors of its own
+(named `lora_`, `adapter`, `soft_prompt`, `ia3_`, `prefix`; adapters may train the LayerNorms too), and full
+fine-tuning sets it on every tensor. So counting, saving and loading are written once, here, for every
+strategy. (What the strategy files share below this API, freezing, target matching and config checks, is in
+targets.py.)
 """
 
 from __future__ import annotations

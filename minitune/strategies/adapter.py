@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitune.errors import ConfigError, is_count
+from minitune.errors import ConfigError
+from minitune.strategies.targets import check_count, check_flag, freeze, wrap
 
 PLACEMENTS = {"houlsby": ("attn.c_proj", "mlp.c_proj"), "pfeiffer": ("mlp.c_proj",)}
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -46,14 +47,12 @@ class AdapterConfig:
     default_lr: ClassVar[float] = 1e-2  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
 
     def __post_init__(self) -> None:
-        if not is_count(self.bottleneck):
-            raise ConfigError(f"AdapterConfig.bottleneck must be a positive integer, got {self.bottleneck!r}")
+        check_count(self, "bottleneck")
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"AdapterConfig.placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"AdapterConfig.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if not isinstance(self.train_layernorm, bool):
-            raise ConfigError(f"AdapterConfig.train_layernorm must be True or False, got {self.train_layernorm!r}")
+        check_flag(self, "train_layernorm")
 
 
 class Bottleneck(nn.Module):
@@ -88,14 +87,10 @@ class AdaptedLinear(nn.Module):
 
 def apply(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Freeze the model and insert adapters after the projections the placement names."""
-    for p in model.parameters():
-        p.requires_grad = False
+    freeze(model)
     for block in model.transformer.h:
         for path in PLACEMENTS[config.placement]:
-            sublayer, _, proj = path.partition(".")
-            parent = getattr(block, sublayer)
-            layer = getattr(parent, proj)
-            setattr(parent, proj, AdaptedLinear(layer, config.bottleneck, config.activation).train(layer.training))
+            wrap(block, path, lambda layer: AdaptedLinear(layer, config.bottleneck, config.activation))
     if config.train_layernorm:
         for m in model.modules():
             if isinstance(m, nn.LayerNorm):

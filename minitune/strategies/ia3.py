@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minitune.errors import ConfigError, TrainingError
+from minitune.strategies.targets import freeze, wrap
 
 
 @dataclass
@@ -99,10 +100,8 @@ class IA3Linear(nn.Module):
 
 def apply(model: nn.Module, config: IA3Config) -> nn.Module:
     """Freeze the model; rescale keys and values (attn.c_attn's output) and the MLP's inner activation."""
-    for p in model.parameters():
-        p.requires_grad = False
+    freeze(model)
     for block in model.transformer.h:
-        d = block.attn.c_attn.in_features
-        block.attn.c_attn = IA3Linear(block.attn.c_attn, "out", skip=d).train(block.attn.c_attn.training)
-        block.mlp.c_proj = IA3Linear(block.mlp.c_proj, "in").train(block.mlp.c_proj.training)
+        wrap(block, "attn.c_attn", lambda layer: IA3Linear(layer, "out", skip=layer.in_features))  # skip the queries
+        wrap(block, "mlp.c_proj", lambda layer: IA3Linear(layer, "in"))
     return model

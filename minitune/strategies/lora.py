@@ -8,8 +8,9 @@ A frozen weight W (out x in) gets a trainable update of rank at most r, kept as 
               └─ drop ─ A ─ B ─ *s ┴─(+)── y
 
     trainable per adapted layer:  r * (in + out)        (W has in * out)
-    initialisation:  A ~ Kaiming-uniform (as nn.Linear), B = 0, so B A = 0 and the model starts as the
-                     base; the first step moves B only (A's gradient is B^T(...) = 0), then both.
+    initialisation:  A ~ Kaiming-uniform (as nn.Linear), or with init="gaussian" A ~ N(0, (1/r)^2) (standard
+                     deviation 1/r); B = 0, so B A = 0 and the model starts as the base; the first step
+                     moves B only (A's gradient is B^T(...) = 0), then both.
 
 The layer keeps the plain layer's `weight` and `bias` names, so a base checkpoint loads into a LoRA
 model unchanged and the trainable part is exactly the `lora_` tensors. W + s B A is never formed while
@@ -33,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitune.errors import ConfigError, TrainingError, is_count, is_number
+from minitune.errors import ConfigError, TrainingError, is_number
+from minitune.strategies.targets import check_count, check_flag, checked_targets, freeze, wrap
 
 
 @dataclass
@@ -48,21 +50,19 @@ class LowRankConfig:
     dropout: float = 0.0
     targets: tuple[str, ...] = ("c_attn",)
     rslora: bool = False
-    init: str = "kaiming"  # or "gaussian" (A ~ N(0, 1/r))
+    init: str = "kaiming"  # or "gaussian" (A ~ N(0, (1/r)^2): standard deviation 1/r)
 
     def __post_init__(self) -> None:
         me = type(self).__name__
         self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        if not is_count(self.r):
-            raise ConfigError(f"{me}.r must be a positive integer, got {self.r!r}")
+        check_count(self, "r")
         if not is_number(self.alpha) or not self.alpha > 0:
             raise ConfigError(f"{me}.alpha must be > 0, got {self.alpha!r}")
         if not is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ConfigError(f"{me}.dropout must be in [0, 1), got {self.dropout!r}")
         if not self.targets:
             raise ConfigError(f"{me}.targets must name at least one layer, e.g. ('c_attn',)")
-        if not isinstance(self.rslora, bool):
-            raise ConfigError(f"{me}.rslora must be True or False, got {self.rslora!r}")
+        check_flag(self, "rslora")
         if self.init not in ("kaiming", "gaussian"):
             raise ConfigError(f"{me}.init must be 'kaiming' or 'gaussian', got {self.init!r}")
 
@@ -151,39 +151,6 @@ class LoRALinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.size(0)}, scaling={self.scaling:g}"
 
 
-def adaptable_layers(model: nn.Module, kinds: tuple[type, ...] = (nn.Linear,)) -> dict[str, nn.Module]:
-    """The transformer blocks' linear layers (modules of `kinds`), by full name (transformer.h.0.attn.c_attn)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, kinds) and ".h." in f".{n}"}
-
-
-def target_layers(model: nn.Module, config: LowRankConfig,
-                  kinds: tuple[type, ...] = (nn.Linear,)) -> dict[str, nn.Module]:
-    """The layers config.targets names: a layer matches a target equal to its name or ending it after a dot."""
-    layers = adaptable_layers(model, kinds)
-
-    def matches(name: str, target: str) -> bool:
-        return name == target or name.endswith("." + target)
-
-    for target in config.targets:
-        if not any(matches(n, target) for n in layers):
-            known = sorted({".".join(n.split(".")[-2:]) for n in layers})
-            raise ConfigError(f"{type(config).__name__}.targets entry {target!r} matches no layer; layers are {known}")
-    return {n: m for n, m in layers.items() if any(matches(n, t) for t in config.targets)}
-
-
-def checked_targets(model: nn.Module, config: LowRankConfig,
-                    kinds: tuple[type, ...] = (nn.Linear,)) -> dict[str, nn.Module]:
-    """target_layers, after checking that every one is wide enough for rank r (nothing is changed)."""
-    chosen = target_layers(model, config, kinds)
-    for name, layer in chosen.items():
-        if config.r > min(layer.in_features, layer.out_features):
-            raise ConfigError(
-                f"{type(config).__name__}.r ({config.r}) must be at most min(in, out) = "
-                f"{min(layer.in_features, layer.out_features)} for {name}"
-            )
-    return chosen
-
-
 def apply(model: nn.Module, config: LowRankConfig, layer_class: type[LoRALinear] | None = None,
           kinds: tuple[type, ...] = (nn.Linear,)) -> nn.Module:
     """Freeze the model and wrap every linear layer named by config.targets in a LoRALinear.
@@ -192,12 +159,9 @@ def apply(model: nn.Module, config: LowRankConfig, layer_class: type[LoRALinear]
     """
     layer_class = layer_class or LoRALinear
     chosen = checked_targets(model, config, kinds)
-    for p in model.parameters():
-        p.requires_grad = False
-    for name, layer in chosen.items():
-        parent_name, _, child = name.rpartition(".")
-        wrapped = layer_class(layer, config.r, config.scaling, config.dropout, config.init).train(layer.training)
-        setattr(model.get_submodule(parent_name), child, wrapped)
+    freeze(model)
+    for name in chosen:
+        wrap(model, name, lambda layer: layer_class(layer, config.r, config.scaling, config.dropout, config.init))
     if getattr(config, "base_dtype", None) is not None:  # LoRAConfig's option; DoRA and QLoRA have none
         hold_frozen_in(model, getattr(torch, config.base_dtype))
     return model

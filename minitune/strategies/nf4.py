@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from minitune.checkpoint import META, WEIGHTS, load_tensors, read_json, save_model, verify_checksum
 from minitune.errors import CheckpointError, ConfigError
 from minitune.model import GPT, GPTConfig
-from minitune.strategies.lora import adaptable_layers
+from minitune.strategies.targets import adaptable_layers, replace
 
 
 def nf4_code_book() -> torch.Tensor:
@@ -144,9 +144,8 @@ def quantize_base(model: nn.Module, quant_block: int = 64, scale_block: int = 25
             if held != settings:
                 raise ConfigError(f"{name} is already held in NF4 with {held}, not {settings}")
             continue
-        parent, _, child = name.rpartition(".")
         bias = layer.bias.requires_grad_(False) if layer.bias is not None else None
-        setattr(model.get_submodule(parent), child, NF4Linear(NF4Weight.quantize(layer.weight, **settings), bias))
+        replace(model, name, NF4Linear(NF4Weight.quantize(layer.weight, **settings), bias))
     return model
 
 
@@ -177,9 +176,8 @@ def load_nf4_base(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     with torch.device("meta"):  # shapes only: the float weights are never allocated
         model = GPT(config)
     for name, layer in adaptable_layers(model).items():
-        parent, _, child = name.rpartition(".")
         weight = NF4Weight((layer.out_features, layer.in_features), dtype, device="cpu", **nf4)
-        setattr(model.get_submodule(parent), child, NF4Linear(weight, layer.bias))
+        replace(model, name, NF4Linear(weight, layer.bias))
     state = load_tensors(path / WEIGHTS)
     state["lm_head.weight"] = state.get("transformer.wte.weight")
     expected = model.state_dict()

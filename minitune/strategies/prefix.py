@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from minitune.errors import ConfigError, is_count
 from minitune.model import GPT, KVCache
+from minitune.strategies.targets import check_count, freeze
 
 
 @dataclass
@@ -49,8 +50,7 @@ class PrefixTuningConfig:
     default_lr: ClassVar[float] = 1e-2  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
 
     def __post_init__(self) -> None:
-        if not is_count(self.n_tokens):
-            raise ConfigError(f"PrefixTuningConfig.n_tokens must be a positive integer, got {self.n_tokens!r}")
+        check_count(self, "n_tokens")
         if not (is_count(self.hidden) or (type(self.hidden) is int and self.hidden == 0)):
             raise ConfigError(f"PrefixTuningConfig.hidden must be 0 (no MLP) or a positive integer, "
                               f"got {self.hidden!r}")
@@ -128,8 +128,7 @@ def apply(model: GPT, config: PrefixTuningConfig) -> PrefixTunedGPT:
     if config.n_tokens >= c.block_size:
         raise ConfigError(f"PrefixTuningConfig.n_tokens ({config.n_tokens}) leaves no room in block_size "
                           f"({c.block_size}); it must be below block_size")
-    for p in model.parameters():
-        p.requires_grad = False
+    freeze(model)
     w = model.transformer.wte.weight
     prefix = Prefix(config.n_tokens, c.n_embd, c.n_layer, config.hidden, device=w.device, dtype=w.dtype)
     return PrefixTunedGPT(model, prefix).train(model.training)

@@ -24,8 +24,9 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from minitune.errors import ConfigError, is_count
+from minitune.errors import ConfigError
 from minitune.model import GPT, IGNORE_INDEX
+from minitune.strategies.targets import check_count, freeze
 
 
 @dataclass
@@ -40,8 +41,7 @@ class PromptTuningConfig:
     default_lr: ClassVar[float] = 0.1  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
 
     def __post_init__(self) -> None:
-        if not is_count(self.n_tokens):
-            raise ConfigError(f"PromptTuningConfig.n_tokens must be a positive integer, got {self.n_tokens!r}")
+        check_count(self, "n_tokens")
         if self.init not in ("random", "vocab", "text"):
             raise ConfigError(f"PromptTuningConfig.init must be 'random', 'vocab' or 'text', got {self.init!r}")
         if (self.init == "text") != bool(self.init_text):
@@ -111,6 +111,5 @@ def apply(model: GPT, config: PromptTuningConfig) -> PromptTunedGPT:
             f"PromptTuningConfig.n_tokens ({config.n_tokens}) leaves no room in block_size "
             f"({model.config.block_size}); it must be below block_size"
         )
-    for p in model.parameters():
-        p.requires_grad = False
+    freeze(model)
     return PromptTunedGPT(model, initial_prompt(model, config))

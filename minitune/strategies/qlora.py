@@ -34,6 +34,7 @@ from minitune.errors import ConfigError, is_count
 from minitune.strategies import lora
 from minitune.strategies.lora import LoRALinear, LowRankConfig
 from minitune.strategies.nf4 import NF4Linear, quantize_base
+from minitune.strategies.targets import check_count, check_flag, checked_targets
 
 
 @dataclass
@@ -50,10 +51,8 @@ class QLoRAConfig(LowRankConfig):
         super().__post_init__()
         if not is_count(self.quant_block) or self.quant_block % 2:
             raise ConfigError(f"QLoRAConfig.quant_block must be a positive even integer, got {self.quant_block!r}")
-        if not is_count(self.scale_block):
-            raise ConfigError(f"QLoRAConfig.scale_block must be a positive integer, got {self.scale_block!r}")
-        if not isinstance(self.double_quant, bool):
-            raise ConfigError(f"QLoRAConfig.double_quant must be True or False, got {self.double_quant!r}")
+        check_count(self, "scale_block")
+        check_flag(self, "double_quant")
 
     @property
     def nf4(self) -> dict:
@@ -84,5 +83,5 @@ class QLoRALinear(LoRALinear):
 
 def apply(model: nn.Module, config: QLoRAConfig) -> nn.Module:
     """Quantise the base's linear weights to NF4 (unless they already are), then put LoRA on the targets."""
-    lora.checked_targets(model, config, (nn.Linear, NF4Linear))  # refuse a bad config before quantising anything
+    checked_targets(model, config, (nn.Linear, NF4Linear))  # refuse a bad config before quantising anything
     return lora.apply(quantize_base(model, **config.nf4), config, QLoRALinear, kinds=(NF4Linear,))
