@@ -1,4 +1,4 @@
-"""The `minitune` command line: pretrain, finetune, evaluate, generate, sweep, bench, build-tokenizer.
+"""The `minitune` command line: pretrain, finetune, evaluate, generate, sweep, docs, bench, build-tokenizer.
 
 Each subcommand calls the same functions the lessons call, so what a lesson shows can be repeated on
 your own data.
@@ -99,8 +99,8 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from minitune.lesson import default_base
-    from minitune.sweep import SweepSettings, changes, run_sweep
+    from minitune.course.lesson import default_base
+    from minitune.course.sweep import SweepSettings, changes, run_sweep
 
     names = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
     given = {"strategies": names(args.strategies) if args.strategies else None,
@@ -115,18 +115,11 @@ def _sweep(args: argparse.Namespace) -> None:
           + ("; ".join(changed) if changed else "none"))
 
 
-def _summary(args: argparse.Namespace) -> None:
-    from pathlib import Path
+def _docs(args: argparse.Namespace) -> None:
+    from minitune.course.docs import build_docs
 
-    from minitune.course import course_summary, update_readme
-    from minitune.pretrain import runs_dir
-
-    lessons = Path(args.lessons) if args.lessons else runs_dir() / "lessons"
-    if args.readme:
-        update_readme(args.readme, lessons)
-        print(f"wrote the lessons' summaries into {args.readme}")
-    else:
-        print(course_summary(lessons))
+    for path in build_docs(args.docs, args.readme):
+        print(f"wrote {path}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -209,10 +202,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--device", default="auto")
     sw.set_defaults(handler=_sweep)
 
-    su = sub.add_parser("summary", help="the lessons' summaries (runs/lessons/NN/summary.md) as one markdown text")
-    su.add_argument("--lessons", default=None, help="folder of lesson results (default: runs/lessons)")
-    su.add_argument("--readme", default=None, help="write it into this README between its lesson markers")
-    su.set_defaults(handler=_summary)
+    do = sub.add_parser("docs", help="docs/claims.md and README's headline table, from docs/lessons/NN.json")
+    do.add_argument("--docs", default="docs", help="the docs folder (its lessons/ holds the full runs' results)")
+    do.add_argument("--readme", default="README.md", help="the README whose headline table to rewrite")
+    do.set_defaults(handler=_docs)
 
     from minitune.bench import add_parser as add_bench_parser
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from minitune.data.tasks import load_task
 from minitune.evaluate import evaluate_task, generate_text, label_logprobs
-from minitune.lesson import perplexity
+from minitune.evaluate import perplexity
 from minitune.model import GPTConfig
 from minitune.tokenizer import get_tokenizer
 from minitune.train import evaluate_loss

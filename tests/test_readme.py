@@ -26,15 +26,26 @@ def test_readme_test_command_is_what_ci_runs():
     assert command and command.group(0) in ci
 
 
-def test_what_the_lessons_show_is_built_from_every_lesson():
-    """The section between the markers is `minitune summary` output: one summary per lesson script, each with
-    where and how long it ran, none from a --quick run."""
-    from minitune.course import README_BEGIN, README_END
-
+def test_the_readme_reads_in_one_screen_and_its_file_map_is_whole():
+    """At most 250 lines; every module of minitune/ is named in the file map (under its folder)."""
     text = README.read_text()
-    assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1
-    section = text.split(README_BEGIN)[1].split(README_END)[0]
+    assert len(text.splitlines()) <= 250
+    files = text.split("## Files")[1]
+    package = README.parent / "minitune"
+    for path in package.rglob("*.py"):
+        if not path.name.startswith("__") and path.parent.name != "bench":
+            assert path.name in files, path
+
+
+def test_the_headline_table_is_minitune_docs_output_of_the_kept_chapters():
+    """The table between the markers is what `minitune docs` builds from docs/lessons/, which holds a full
+    run (not --quick) of every lesson: a chapter page and its results."""
+    from minitune.course.docs import HEADLINE_BEGIN, HEADLINE_END, headline, lesson_records
+
+    docs = README.parent / "docs" / "lessons"
+    records = lesson_records(docs)  # refuses --quick runs
     lessons = sorted(p.name[:2] for p in (README.parent / "lessons").glob("[0-9][0-9]_*.py"))
-    headings = re.findall(r"^### Lesson (\d+): .*$", section, flags=re.M)
-    assert [f"{int(h):02d}" for h in headings] == lessons
-    assert "(--quick)" not in section and section.count("Ran in ") == len(lessons)
+    assert [f"{r['lesson']:02d}" for r in records] == lessons
+    assert all((docs / f"{n}.md").is_file() for n in lessons)
+    section = README.read_text().split(HEADLINE_BEGIN)[1].split(HEADLINE_END)[0]
+    assert section == "\n" + headline(records)

@@ -1,51 +1,51 @@
-"""What every lesson script shares: its flags, the base it starts from, tables, plots and the results file.
+"""A lesson's run: its flags, the base it starts from, what it measured, and the chapter page it writes.
 
-    lesson = Lesson.start(3, "LoRA", __doc__)     # parses --quick --device --base --out, loads the base
-    lesson.table("Rank sweep", rows)              # prints an aligned table, keeps the rows
-    lesson.conclude(f"... {ratio:.0%} ...")       # a sentence computed from measured numbers
-    lesson.plot("rank.png", draw)                 # draw(ax) fills one matplotlib axis
-    lesson.finish()                               # runs/lessons/03/results.json with every number,
-                                                  # and summary.md, from which README's section is built
+A lesson is a percent-format script (cells marked `# %%` for code and `# %% [markdown]` for prose), so
+it runs top to bottom as `python lessons/NN_name.py` and opens cell by cell as a notebook (jupytext,
+VS Code). Its code cells call the library (apply_strategy, train, evaluate) and a few of these:
 
-Every cell a sentence compares is measured over several seeds and compared by the package's one noise
-rule (minitune.stats):
+    lesson = Lesson.start(3, "LoRA")                 # --quick --device --base --out; loads the base
+    runs = lesson.over_seeds(lambda seed: {...})     # one dict of numbers per seed; runs["accuracy"] is a SeedValues
+    run = lesson.shared_run("qa", LoRAConfig(), 0)   # a fine-tuning run other lessons share (course/runs.py)
+    lesson.table("Rank sweep", rows)                 # prints an aligned table, keeps the rows
+    lesson.claim("small ranks suffice", "Hu et al. 2021", r8, r64, ("r 8", "r 64"), expect=None)
+    lesson.note(f"... {ratio:.0%} ...")              # a sentence of measured numbers that compares nothing
+    lesson.plot("rank.png", draw)                    # draw(ax) fills one matplotlib axis
+    lesson.finish()                                  # runs/lessons/NN/results.json; docs/lessons/NN.md
 
-    runs = lesson.over_seeds(lambda seed: train_and_score(seed))   # one dict of numbers per seed
-    runs["accuracy"]                              # a Cell: mean, sd, min, max, n; prints '0.812 ± 0.021'
-    c = lesson.compare(lora["accuracy"], full["accuracy"], ("LoRA", "full"))
-    lesson.conclude(f"On sentiment, {c.text()}.")  # '... beyond noise (Welch t, p = 0.013; 3 seeds each)'
-    lesson.plot("acc.png", lambda ax: plot_seeds(ax, ranks, cells))   # every seed's point and mean ± sd
-
-With --quick the lesson runs on the nano base and small sizes (seconds: the tests use it); without it,
-on the tiny base (the one shipped with the package, or pretrained once and cached under runs/).
+Every claim goes through the noise rule (minitune.course.stats) and is worded by report.Claim. A full
+run (not --quick) of a lesson file in lessons/ writes its chapter page, docs/lessons/NN.md: the
+lesson's prose and code cell by cell, each code cell followed by the tables, claims and plots it made.
+In a notebook the flags come from the environment variable MINITUNE_LESSON_ARGS (e.g. "--quick").
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import math
-import statistics
-import tempfile
+import os
+import shlex
+import shutil
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import torch
-
-from minitune.cells import Budget, task_cell
 from minitune.checkpoint import atomic_write, atomic_write_json
+from minitune.course.costs import strategy_costs, step_time_ms  # noqa: F401  (lessons import them from here)
+from minitune.course.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
+from minitune.course.report import Claim, chapter_page, format_table, markdown_table, seeds_note
+from minitune.course.runs import Budget, shared_run
+from minitune.course.stats import SeedValues, Comparison, best_of, differs, log_differs, summarize
 from minitune.data import pretraining_corpus, split
-from minitune.evaluate import perplexity  # noqa: F401  (lessons import it from here)
-from minitune.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
+from minitune.evaluate import perplexity
 from minitune.pretrain import load_run, runs_dir
-from minitune.stats import Cell, Comparison, number_spec, best_of, differs, log_differs, summarize
-from minitune.train import make_optimizer, TrainConfig, resolve_device
+from minitune.train import resolve_device
 
-SEEDS = (0, 1, 2)     # every compared cell of a full run: at least three seeds
+SEEDS = (0, 1, 2)     # every compared setting of a full run: at least three seeds
 QUICK_SEEDS = (0, 1)  # --quick: the fewest that still have a spread, so the tests run the same code
+ARGS_VARIABLE = "MINITUNE_LESSON_ARGS"  # a notebook's flags (a kernel's own argv is not the lesson's)
 
 
 def default_base(quick: bool, base: str | Path | None = None, quiet: bool = False) -> Path:
@@ -58,6 +58,21 @@ def default_base(quick: bool, base: str | Path | None = None, quiet: bool = Fals
     return builtin_base("nano" if quick else "tiny", quiet=quiet)
 
 
+def lesson_args(argv: list[str] | None) -> list[str] | None:
+    """The flags: argv if given; in a notebook kernel, MINITUNE_LESSON_ARGS; else the command line's."""
+    if argv is not None:
+        return argv
+    if _in_kernel():
+        return shlex.split(os.environ.get(ARGS_VARIABLE, ""))
+    return None
+
+
+def _in_kernel() -> bool:
+    """True inside a running Jupyter kernel (where sys.argv holds the kernel's flags, not the lesson's)."""
+    app = sys.modules.get("ipykernel.kernelapp")
+    return app is not None and app.IPKernelApp.initialized()
+
+
 @dataclass
 class Lesson:
     """One run of a lesson: where it writes, how big it runs, and everything it measured."""
@@ -68,25 +83,34 @@ class Lesson:
     device: str
     base: Path
     out: Path
-    results: dict = field(default_factory=lambda: {"tables": {}, "conclusions": [], "numbers": {},
+    source: Path | None = None  # the lesson's script, when it runs as one: its cells make the chapter page
+    docs: Path | None = None    # where the chapter page goes (None: no page)
+    results: dict = field(default_factory=lambda: {"tables": {}, "claims": [], "notes": [], "numbers": {},
                                                    "comparisons": []})
     started: float = field(default_factory=time.perf_counter)
-    printed: list[str] = field(default_factory=list)  # the tables and conclusions, in order, for summary.md
-    cells: dict = field(default_factory=lambda: {"trained": 0, "read back": 0})  # fine-tuning runs, by origin
+    blocks: list[tuple[int, str]] = field(default_factory=list)  # (line of the lesson, markdown) for the page
+    origins: dict = field(default_factory=lambda: {"trained": 0, "read back": 0})  # shared runs, by origin
 
     @classmethod
-    def start(cls, number: int, title: str, doc: str | None = None, argv: list[str] | None = None) -> "Lesson":
+    def start(cls, number: int, title: str, argv: list[str] | None = None) -> "Lesson":
         """Parse the lesson's flags, print its title, and make sure its base exists."""
-        p = argparse.ArgumentParser(description=(doc or title).strip().splitlines()[0])
+        p = argparse.ArgumentParser(description=f"Lesson {number}: {title}")
         p.add_argument("--quick", action="store_true", help="nano sizes, seconds (what the tests run)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
         p.add_argument("--base", default=None, help="a base run folder (default: the built-in tiny base)")
         p.add_argument("--out", default=None, help="where results go (default: runs/lessons/NN)")
-        args = p.parse_args(argv)
+        p.add_argument("--docs", default=None, help="where the chapter page goes (default: docs/lessons/ beside "
+                       "the lessons folder on a full run; out/ with --quick)")
+        args = p.parse_args(lesson_args(argv))
         base = default_base(args.quick, args.base, quiet=args.quick)
         out = Path(args.out) if args.out else runs_dir() / "lessons" / f"{number:02d}"
         out.mkdir(parents=True, exist_ok=True)
-        lesson = cls(number, title, args.quick, str(resolve_device(args.device)), base, out)
+        source = Path(sys._getframe(1).f_code.co_filename).resolve()
+        source = source if source.suffix == ".py" and source.is_file() else None
+        docs = Path(args.docs) if args.docs else (
+            source.parent.parent / "docs" / "lessons" if source and source.parent.name == "lessons" and not args.quick
+            else out)
+        lesson = cls(number, title, args.quick, str(resolve_device(args.device)), base, out, source, docs)
         bar = "=" * (len(title) + 11)
         print(f"{bar}\nLesson {number}: {title}\n{bar}\nbase: {base}{'   (quick mode)' if args.quick else ''}\n",
               flush=True)
@@ -103,7 +127,7 @@ class Lesson:
 
     @property
     def seeds(self) -> tuple[int, ...]:
-        """The seeds each compared cell is run with: SEEDS, or QUICK_SEEDS with --quick."""
+        """The seeds each compared setting is run with: SEEDS, or QUICK_SEEDS with --quick."""
         return self.size(QUICK_SEEDS, SEEDS)
 
     def over_seeds(self, fn: Callable[[int], dict], seeds: Sequence[int] | None = None) -> "SeedRuns":
@@ -119,7 +143,7 @@ class Lesson:
 
     @property
     def budget(self) -> Budget:
-        """The standard fine-tuning budget of this mode (minitune.cells)."""
+        """The standard fine-tuning budget of this mode (minitune.course.runs)."""
         return Budget.for_mode(self.quick)
 
     @cached_property
@@ -127,22 +151,26 @@ class Lesson:
         """The held-out general text every lesson measures forgetting on (the same documents in each)."""
         return held_out_text(self.size(60_000, 200_000))
 
-    def cell(self, task_name: str, config, seed: int, lr: float | None = None, base: str | Path | None = None
-             ) -> dict:
+    def shared_run(self, task_name: str, config, seed: int, lr: float | None = None,
+                   base: str | Path | None = None) -> dict:
         """`config` fine-tuned on the task with `seed` at the standard budget (and the strategy's default
         learning rate unless `lr`; from the lesson's base unless `base`), scored on test, with the general
-        text's perplexity along the run: the same numbers in every lesson (minitune.cells)."""
-        cell = task_cell(base or self.base, task_name, config, seed, self.budget, self.device,
+        text's perplexity along the run: the same numbers in every lesson (minitune.course.runs)."""
+        run = shared_run(base or self.base, task_name, config, seed, self.budget, self.device,
                          general=self.general_text, lr=lr)
-        self.cells["trained" if cell["trained"] else "read back"] += 1
+        self.origins["trained" if run["trained"] else "read back"] += 1
         rate = "" if lr is None else f" / lr {lr:g}"
-        origin = f"{cell['train_seconds']:.1f} s of training" if cell["trained"] else "read back from runs/cells"
-        print(f"    {task_name} / {config.name}{rate} / seed {seed}: {cell['metric']} {cell['score']:.3f} ({origin})",
+        origin = f"{run['train_seconds']:.1f} s of training" if run["trained"] else "read back from runs/shared"
+        print(f"    {task_name} / {config.name}{rate} / seed {seed}: {run['metric']} {run['score']:.3f} ({origin})",
               flush=True)
-        return cell
+        return run
+
+    def shared_runs(self, tasks, configs) -> dict:
+        """Every config on every task over the lesson's seeds: {(task, config name): SeedRuns of shared runs}."""
+        return {(t, c.name): self.over_seeds(lambda s, t=t, c=c: self.shared_run(t, c, s)) for t in tasks for c in configs}
 
     def base_perplexity(self) -> float:
-        """The base's perplexity on the general text, measured as the cells measure it along each run."""
+        """The base's perplexity on the general text, measured as the shared runs measure it along each run."""
         model, enc = self.load_base()
         return perplexity(model, enc, self.general_text, self.device, max_batches=self.budget.general_batches)
 
@@ -156,46 +184,63 @@ class Lesson:
         x, y = supervised(self.budget.task(task_name), "train", enc, model.max_input_tokens, batch_size=16).batch(0)
         return strategy_costs(model, x, y, self.device)
 
-    def cells_over_seeds(self, tasks, configs) -> dict:
-        """Every config on every task over the lesson's seeds: {(task, config name): SeedRuns of cells}."""
-        return {(t, c.name): self.over_seeds(lambda s, t=t, c=c: self.cell(t, c, s)) for t in tasks for c in configs}
-
     def run_dir(self, name: str) -> Path:
         """A folder for one fine-tuning run of this lesson."""
         return self.out / "runs" / name
 
-    def section(self, heading: str) -> None:
-        print(f"\n--- {heading} " + "-" * max(0, 70 - len(heading)), flush=True)
+    # --- what the reader sees ---------------------------------------------------------------------------
 
-    def table(self, title: str, rows: list[dict], note: str | None = None) -> None:
+    def _show(self, printed: str, markdown: str) -> None:
+        """Print a result, and keep it for the chapter page under the code cell that made it."""
+        print(f"\n{printed}", flush=True)
+        self.blocks.append((self._line(), markdown))
+
+    def _line(self) -> int:
+        """The line of the lesson's own code (its outermost frame in the lesson file) running now; 0 if none."""
+        line, frame = 0, sys._getframe(1)
+        while frame is not None and self.source is not None:
+            if Path(frame.f_code.co_filename).resolve() == self.source:
+                line = frame.f_lineno
+            frame = frame.f_back
+        return line
+
+    def table(self, title: str, rows, note: str | None = None, index: str = "", columns: Sequence[str] | None = None
+              ) -> None:
         """Print rows (dicts with the same keys) as an aligned table, and keep them for results.json.
+        A value may be a SeedValues (several seeds): it prints as mean ± sd and is kept with every seed's value.
 
-        A value may be a Cell (several seeds): it prints as mean ± sd and is kept with every seed's value.
+        rows may also be a mapping {row name: dict or SeedRuns}: each becomes a row whose first column,
+        headed `index`, is its name, and whose other columns are `columns` of it (default: all of its numbers).
+        `columns` also picks the columns of a list of dicts.
         """
+        if isinstance(rows, Mapping):
+            rows = [{index: name, **_columns(row, columns)} for name, row in rows.items()]
+        elif columns is not None:
+            rows = [_columns(row, columns) for row in rows]
         self.results["tables"][title] = plain(rows)
-        lines = [title, format_table(rows)]
-        counts = sorted({v.n for r in rows for v in r.values() if isinstance(v, Cell)})
-        if counts:
-            seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-            lines.append(f"(cells with ±: mean ± sample sd over {seeds} seeds)")
-        if note:
-            lines.append(note)
-        text = "\n".join(lines)
-        self.printed.append(text)
-        print(f"\n{text}", flush=True)
+        notes = [n for n in (seeds_note(rows), note) if n]
+        self._show("\n".join([title, format_table(rows), *notes]),
+                   "\n\n".join([f"**{title}**", markdown_table(rows), *notes]))
+
+    def claim(self, statement: str, source: str, a, b, names: tuple[str, str], expect: str | None = "higher",
+              log: bool = False) -> Claim:
+        """Test what `source` says (a above b when expect="higher") by the noise rule, print its verdict line."""
+        claim = Claim(statement, source, self.compare(a, b, names, log=log), expect)
+        self.results["claims"].append(claim.to_dict())
+        self._show(f"=> {claim.line()}", f"- {claim.line()}")
+        return claim
+
+    def note(self, sentence: str) -> None:
+        """Print a sentence built from measured numbers (one that compares nothing) and keep it."""
+        self.results["notes"].append(sentence)
+        self._show(f"=> {sentence}", sentence)
 
     def record(self, name: str, value) -> None:
         """Keep one named number (or small structure, Cells and Comparisons included) for results.json."""
         self.results["numbers"][name] = plain(value)
 
-    def conclude(self, sentence: str) -> None:
-        """Print a conclusion (built from measured numbers by the caller) and keep it."""
-        self.results["conclusions"].append(sentence)
-        self.printed.append(f"=> {sentence}")
-        print(f"=> {sentence}", flush=True)
-
-    def plot(self, name: str, draw, figsize=(6.4, 4.0)) -> Path:
-        """Save a PNG drawn by draw(ax) into the lesson's folder."""
+    def plot(self, name: str, draw, figsize=(6.4, 4.0), title: str | None = None) -> Path:
+        """Save a PNG drawn by draw(ax) into the lesson's folder (and beside its chapter page)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -207,85 +252,81 @@ class Lesson:
         path = self.out / name
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
-        print(f"(plot: {path})")
+        self._show(f"(plot: {path})", f"![{title or name}]({self.number:02d}/{name})")
         return path
 
     def finish(self) -> dict:
-        """Write results.json and say how long the lesson took."""
+        """Write results.json and the chapter page, and say how long the lesson took."""
+        from minitune.course.sweep import machine
+
         seconds = time.perf_counter() - self.started
+        m = machine(self.device)
         self.results.update(lesson=self.number, title=self.title, quick=self.quick, base=str(self.base),
-                            device=self.device, seconds=round(seconds, 1))
+                            device=self.device, seconds=round(seconds, 1), origins=dict(self.origins),
+                            machine=f"{m['processor']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
+                                    f"torch {m['torch']}", date=time.strftime("%Y-%m-%d"))
         atomic_write_json(self.out / "results.json", self.results)
-        atomic_write(self.out / "summary.md", lambda tmp: Path(tmp).write_text(self.summary(seconds)))
-        print(f"\nLesson {self.number} took {seconds:.0f}s; every number above is in {self.out / 'results.json'}")
+        page = self.write_page() if self.docs and self.source else None
+        print(f"\nLesson {self.number} took {seconds:.0f}s; every number above is in {self.out / 'results.json'}"
+              + (f"; the chapter page is {page}" if page else ""))
         return self.results
 
-    def summary(self, seconds: float) -> str:
-        """The lesson's tables and conclusions as markdown, with where and how long it ran (README's
-        "What the lessons show" is built from these files: `minitune summary --readme README.md`)."""
-        from minitune.sweep import machine
-
-        m = machine(self.device)
-        where = (f"{m['processor']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, device {self.device}, "
-                 f"torch {m['torch']}")
-        mode = " (--quick)" if self.quick else ""
-        body = "\n\n".join(self.printed)
-        runs = sum(self.cells.values())
-        reused = (f" Of its {runs} fine-tuning runs, {self.cells['read back']} were read back from runs/cells, "
-                  "trained by an earlier lesson (minitune/cells.py)." if self.cells["read back"] else "")
-        return (f"### Lesson {self.number}: {self.title}{mode}\n\n"
-                f"Ran in {seconds:.0f} s on {where}, {time.strftime('%Y-%m-%d')}.{reused}\n\n```\n{body}\n```\n")
-
-
-def format_table(rows: list[dict]) -> str:
-    """Rows of dicts as aligned text columns: numbers right-aligned, text left."""
-    if not rows:
-        return "(no rows)"
-    cols = list(rows[0])
-    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    numeric = [all(isinstance(r.get(c), (int, float, Cell)) for r in rows) for c in cols]
-
-    def line(values):
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
-
-    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(row) for row in cells])
+    def write_page(self) -> Path:
+        """docs/NN.md (the chapter with its results), NN/ (its plots) and NN.json (its claims and tables,
+        for the course's claims page and README's headline table: minitune docs)."""
+        r, stem = self.results, f"{self.number:02d}"
+        pictures = self.docs / stem
+        pictures.mkdir(parents=True, exist_ok=True)
+        for png in self.out.glob("*.png"):
+            shutil.copyfile(png, pictures / png.name)
+        runs = sum(self.origins.values())
+        shared = f" Of its {runs} shared fine-tuning runs, {self.origins['read back']} were read back, trained " \
+                 "by an earlier lesson." if self.origins["read back"] else ""
+        mode = " --quick" if self.quick else ""
+        header = (f"<!-- written by `python lessons/{self.source.name}{mode}`; do not edit by hand -->\n\n"
+                  f"_These results were measured by `python lessons/{self.source.name}{mode}` in {r['seconds']:.0f} s "
+                  f"on {r['machine']}, device {self.device}, {r['date']}.{shared} Every table below was printed by "
+                  "that run._")
+        page = self.docs / f"{stem}.md"
+        text = chapter_page(self.source.read_text(), self.blocks, header)
+        atomic_write(page, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_json(self.docs / f"{stem}.json", {k: r[k] for k in (
+            "lesson", "title", "quick", "seconds", "machine", "date", "claims", "tables", "origins")})
+        return page
 
 
-def _cell(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return "" if v is None else str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return format(v, number_spec(v))
-    return str(v)
+def _columns(row, columns: Sequence[str] | None) -> dict:
+    """One table row from a dict or a SeedRuns (the named columns, or every number it holds), or from a
+    single value (in the one column named)."""
+    if not isinstance(row, (Mapping, SeedRuns)):
+        return {(columns or ("value",))[0]: row}
+    if isinstance(row, SeedRuns):
+        return row.measures(columns)
+    return dict(row) if columns is None else {c: row[c] for c in columns}
 
 
 def seed_spread(runs: list[dict], keys: tuple[str, ...] = ("accuracy", "label loss")) -> dict:
     """Largest minus smallest of each measure over runs that differ only in their seed (a description of
-    the noise; whether two settings differ is decided by minitune.stats.differs)."""
+    the noise; whether two settings differ is decided by minitune.course.stats.differs)."""
     return {k: max(r[k] for r in runs) - min(r[k] for r in runs) for k in keys}
 
 
 @dataclass
 class SeedRuns:
-    """One setting run once per seed: each run's dict of numbers, and a Cell per measure."""
+    """One setting run once per seed: each run's dict of numbers, and a SeedValues per measure."""
 
     seeds: tuple[int, ...]
     runs: list[dict]
 
-    def __getitem__(self, key: str) -> Cell:
-        """The Cell of one measure over the seeds."""
+    def __getitem__(self, key: str) -> SeedValues:
+        """The SeedValues of one measure over the seeds."""
         return summarize([r[key] for r in self.runs])
 
     def __len__(self) -> int:
         return len(self.runs)
 
-    def cells(self, keys: Sequence[str] | None = None) -> dict[str, Cell]:
-        """A Cell for each of `keys` (default: every measure that is a number in every run)."""
+    def measures(self, keys: Sequence[str] | None = None) -> dict[str, SeedValues]:
+        """A SeedValues for each of `keys` (default: every measure that is a number in every run)."""
         if keys is None:
             keys = [k for k, v in self.runs[0].items()
                     if _is_real(v) and all(_is_real(r.get(k)) for r in self.runs)]
@@ -301,8 +342,8 @@ def over_seeds(fn: Callable[[int], dict], seeds: Sequence[int] = SEEDS) -> SeedR
 
 
 def plain(obj):
-    """obj with every Cell and Comparison turned into plain numbers, ready for JSON."""
-    if isinstance(obj, (Cell, Comparison)):
+    """obj with every SeedValues and Comparison turned into plain numbers, ready for JSON."""
+    if isinstance(obj, (SeedValues, Comparison, Claim)):
         return obj.to_dict()
     if isinstance(obj, SeedRuns):
         return {"seeds": list(obj.seeds), "runs": plain(obj.runs)}
@@ -342,36 +383,3 @@ def best_per_task(runs: dict, tasks: Sequence[str], names: Sequence[str], key: s
 def held_out_text(target_bytes: int) -> list[str]:
     """General tiny-world documents drawn with another seed than the base's corpus: a test of what it knows."""
     return split(pretraining_corpus(target_bytes=target_bytes, seed=1), 0.5, seed=1)[1]
-
-
-def strategy_costs(model, x: torch.Tensor, y: torch.Tensor, device="cpu") -> dict:
-    """What training this (strategy-applied) model costs on batch (x, y): parameter counts, bytes of the
-    training state (measured), the size of its saved trainable part, and the median step time."""
-    from minitune.memory import file_size, measure_training_memory
-    from minitune.strategies import save_trainable, trainable_parameters
-
-    trainable, total = trainable_parameters(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        size = file_size(save_trainable(model, tmp) / "trainable.safetensors")
-    return {"trainable": trainable, "total": total, "memory": measure_training_memory(model, (x, y)), "file": size,
-            "step_ms": step_time_ms(model, x, y, device=device)}
-
-
-def step_time_ms(model, x: torch.Tensor, y: torch.Tensor, repeats: int = 5, device="cpu") -> float:
-    """Median milliseconds of one training step (forward, backward, AdamW), timed on a copy of the model."""
-    model = copy.deepcopy(model).to(device).train()
-    x, y = x.to(device), y.to(device)
-    optimizer = make_optimizer(model, TrainConfig(), torch.device(device))
-    times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first step pays for allocating the optimizer state
-            times.append((time.perf_counter() - t0) * 1000)
-    model.eval()
-    return statistics.median(times)

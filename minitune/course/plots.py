@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from minitune.stats import Cell, summarize
+from minitune.course.stats import SeedValues, summarize
 
 
-def plot_seeds(ax, xs: Sequence, cells: Sequence[Cell | Sequence[float]], label: str | None = None,
+def plot_seeds(ax, xs: Sequence, cells: Sequence[SeedValues | Sequence[float]], label: str | None = None,
                color=None, line: bool = True, marker: str = "o"):
     """Every seed's value as a faint dot, the mean with a ± sd error bar (joined by a line if `line`).
 
@@ -28,7 +28,7 @@ def plot_seeds(ax, xs: Sequence, cells: Sequence[Cell | Sequence[float]], label:
     return color
 
 
-def bar_seeds(ax, names: Sequence[str], cells: Sequence[Cell | Sequence[float]], label: str | None = None,
+def bar_seeds(ax, names: Sequence[str], cells: Sequence[SeedValues | Sequence[float]], label: str | None = None,
               offset: float = 0.0, width: float = 0.8, color=None):
     """Bars of the means with ± sd error bars and every seed's value as a dot on its bar.
 
@@ -47,7 +47,7 @@ def bar_seeds(ax, names: Sequence[str], cells: Sequence[Cell | Sequence[float]],
     return color
 
 
-def bar_groups(ax, groups: Sequence[str], series: dict[str, Sequence[Cell]], ylabel: str = "test score") -> None:
+def bar_groups(ax, groups: Sequence[str], series: dict[str, Sequence[SeedValues]], ylabel: str = "test score") -> None:
     """Grouped bars: for each group (e.g. a task) one bar per series (e.g. a strategy), each with its seeds."""
     width = 0.8 / len(series)
     for i, (name, cells) in enumerate(series.items()):

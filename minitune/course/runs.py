@@ -1,18 +1,18 @@
-"""One fine-tuning run at the course's standard budget, scored on the test split and kept on disk.
+"""Shared runs: one fine-tuning run at the course's standard budget, scored on test and kept on disk.
 
 Several lessons show the same thing: full fine-tuning or LoRA on a task, trained the same way. They all
-ask `task_cell` for it, so a (base, task, strategy, seed) gives the same number in every lesson that
+ask `shared_run` for it, so a (base, task, strategy, seed) gives the same number in every lesson that
 shows it, and the second lesson to ask reads the first one's result instead of training again.
 
     budget = Budget.for_mode(quick=False)                  # 160 steps of 16, evaluated every 20
-    cell = task_cell(base, "qa", LoRAConfig(...), seed=0, budget=budget, general=docs)
-    cell["score"], cell["history"][-1]["general_ppl"]       # test score; general-text perplexity on the way
+    run = shared_run(base, "qa", LoRAConfig(...), seed=0, budget=budget, general=docs)
+    run["score"], run["history"][-1]["general_ppl"]         # test score; general-text perplexity on the way
 
-A cell is cached under runs/cells/ by a key over everything its numbers depend on: the base's weight
-file, the package's source code (all of it but the modules that only report: REPORTING), the task and
-its sizes, the strategy's config and learning rate, the
-budget, the seed and the general-text documents. Change any of them and the cell is trained again; a
-stale number is never read back.
+A shared run is kept under runs/shared/ by a key over everything its numbers depend on: the base's
+weight file, the library's source (every file of minitune/ outside course/, and this file, which trains
+and scores the run; the rest of course/ only reports), the task and its sizes, the strategy's config and
+learning rate, the budget, the seed and the general-text documents. Change any of them and the run is
+trained again; a stale number is never read back.
 
 Along the run, every evaluation records the validation loss, the seconds spent training so far (not
 counting evaluation) and, when `general` documents are given, the perplexity of that held-out general
@@ -37,15 +37,12 @@ from minitune.pretrain import runs_dir
 from minitune.strategies import base_unchanged
 from minitune.train import evaluate_loss
 
-PACKAGE = Path(__file__).parent
-# The code that only reports numbers, never makes them: changing it keeps the cells (source_hash)
-REPORTING = ("lesson.py", "course.py", "stats.py", "plots.py", "studies.py", "sweep.py", "cli.py", "__main__.py",
-             "bench/")
+PACKAGE = Path(__file__).parents[1]
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How every cell is trained and scored. The steps and batch are the learning-rate sweep's (minitune
+    """How every shared run is trained and scored. The steps and batch are the learning-rate sweep's (minitune
     sweep), so the default rates were chosen for exactly this budget."""
 
     steps: int = 160
@@ -64,14 +61,14 @@ class Budget:
                    test_limit={"summarization": 4, "code": 4, "qa": 8}, general_batches=1)
 
     def task(self, name: str):
-        """The task as the cells see it (qa's sizes are fixed by its facts)."""
+        """The task as the shared runs see it (qa's sizes are fixed by its facts)."""
         return load_task(name, sizes=None if name == "qa" else self.sizes)
 
     def limit(self, name: str) -> int | None:
         return self.test_limit.get(name)
 
 
-def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budget, device: str = "cpu",
+def shared_run(base: str | Path, task_name: str, config, seed: int, budget: Budget, device: str = "cpu",
               general: list[str] | None = None, cache: str | Path | None = None, quiet: bool = True,
               lr: float | None = None) -> dict:
     """Fine-tune `config` on the task from `base` with `seed` (at learning rate `lr`, default the strategy's
@@ -88,15 +85,15 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
     from minitune.pretrain import load_run
 
     if task_name not in HEADLINE_METRIC:
-        raise ConfigError(f"unknown task {task_name!r}: cells exist for {sorted(HEADLINE_METRIC)}")
+        raise ConfigError(f"unknown task {task_name!r}: shared runs exist for {sorted(HEADLINE_METRIC)}")
     base = Path(base)
-    key = cell_key(base, task_name, config, seed, budget, general, lr)
+    key = run_key(base, task_name, config, seed, budget, general, lr)
     if lr == config.default_lr:
-        lr = None  # the default named: the same cell as the default left out
+        lr = None  # the default named: the same run as the default left out
     rate = "" if lr is None else f"-lr{lr:g}"
-    folder = Path(cache if cache is not None else runs_dir() / "cells") / f"{task_name}-{config.name}{rate}-s{seed}-{key}"
-    if (folder / "cell.json").is_file():
-        return json.loads((folder / "cell.json").read_text()) | {"run": str(folder), "trained": False}
+    folder = Path(cache if cache is not None else runs_dir() / "shared") / f"{task_name}-{config.name}{rate}-s{seed}-{key}"
+    if (folder / "scores.json").is_file():
+        return json.loads((folder / "scores.json").read_text()) | {"run": str(folder), "trained": False}
 
     task = budget.task(task_name)
     fresh_base, general_enc, _ = load_run(base)  # to check the base after training, and to read the general text
@@ -113,7 +110,7 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
     metric = HEADLINE_METRIC[task_name]
     result = evaluate_task(model, enc, task, limit=budget.limit(task_name), device=device)
     test = supervised(task, "test", enc, model.max_input_tokens, budget.batch_size)
-    cell = {"task": task_name, "strategy": config.name, "seed": seed, "metric": metric, "score": result[metric],
+    scores = {"task": task_name, "strategy": config.name, "seed": seed, "metric": metric, "score": result[metric],
             "n": result["n"], "test_loss": evaluate_loss(model, test.eval_batches(), device),
             "best_val_loss": run["best_val_loss"], "lr": run["train"]["lr"],
             "trainable": run["trainable_params"], "total": run["total_params"],
@@ -123,29 +120,29 @@ def task_cell(base: str | Path, task_name: str, config, seed: int, budget: Budge
             "history": [{k: r[k] for k in ("step", "val_loss", "train_seconds", "general_ppl") if k in r}
                         for r in run["history"]]}
     if task.kind == "classification":  # a continuous score beside accuracy, for when accuracy saturates
-        cell["label_loss"] = classify_scores(model, enc, task.test, task.labels, device=device)[1]["label loss"]
+        scores["label_loss"] = classify_scores(model, enc, task.test, task.labels, device=device)[1]["label loss"]
     if general:
-        cell["general_ppl"] = perplexity(model, enc, general, max_batches=budget.general_batches)
+        scores["general_ppl"] = perplexity(model, enc, general, max_batches=budget.general_batches)
     shutil.rmtree(out / "last", ignore_errors=True)  # best/ is what the lessons load
-    atomic_write_json(folder / "cell.json", cell)
-    return cell | {"run": str(folder), "trained": True}
+    atomic_write_json(folder / "scores.json", scores)
+    return scores | {"run": str(folder), "trained": True}
 
 
-def common_target(cells: list[dict]) -> float:
+def common_target(runs: list[dict]) -> float:
     """A validation loss every one of these runs reached: the highest of their best losses. Reading each
     run where it first got there compares them at equal task quality (first_reaching)."""
-    return max(min(r["val_loss"] for r in cell["history"]) for cell in cells)
+    return max(min(r["val_loss"] for r in run["history"]) for run in runs)
 
 
-def first_reaching(cell: dict, target: float) -> dict | None:
+def first_reaching(run: dict, target: float) -> dict | None:
     """The first evaluation of a run at or below the target validation loss (step, val_loss, train_seconds,
     general_ppl), or None if it never got there."""
-    return next((r for r in cell["history"] if r["val_loss"] <= target), None)
+    return next((r for r in run["history"] if r["val_loss"] <= target), None)
 
 
-def cell_key(base: Path, task_name: str, config, seed: int, budget: Budget, general: list[str] | None,
-             lr: float | None = None) -> str:
-    """A short hash of everything a cell's numbers depend on."""
+def run_key(base: Path, task_name: str, config, seed: int, budget: Budget, general: list[str] | None,
+            lr: float | None = None) -> str:
+    """A short hash of everything a shared run's numbers depend on."""
     h = hashlib.sha256()
     for part in (_file_hash(base / "model.safetensors"), source_hash(), task_name, repr(config),
                  config.default_lr if lr is None else lr,
@@ -156,12 +153,13 @@ def cell_key(base: Path, task_name: str, config, seed: int, budget: Budget, gene
 
 
 def source_hash() -> str:
-    """sha256 over the package's Python source that trains and scores a cell (everything but REPORTING):
-    a change to that code makes new cells; a change to how lessons word or plot the numbers does not."""
+    """sha256 over the source that trains and scores a shared run: the library (every file of minitune/
+    outside course/) and this file. A change there makes new runs; a change to how the course words,
+    tabulates or plots the numbers does not."""
     h = hashlib.sha256()
     for path in sorted(PACKAGE.rglob("*.py")):
         name = path.relative_to(PACKAGE).as_posix()
-        if not name.startswith(REPORTING):
+        if not name.startswith("course/") or name == "course/runs.py":
             h.update(name.encode() + b"\x00" + path.read_bytes())
     return h.hexdigest()
 

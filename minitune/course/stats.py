@@ -2,8 +2,8 @@
 
 A fine-tuning result is a random variable. The seed picks the initial trainable weights, the order of
 the batches and dropout, so running the same setting again gives another number. A lesson therefore
-runs each setting with several seeds and summarises them as a `Cell` (mean, sample sd, min, max, n).
-Two cells differ beyond noise when a test says a gap that large would be rare if only the seed mattered:
+runs each setting with several seeds and summarises them as a `SeedValues` (mean, sample sd, min, max, n).
+Two settings differ beyond noise when a test says a gap that large would be rare if only the seed mattered:
 
     Welch's t (the default, on one value per seed)
         t  = (mean_a - mean_b) / sqrt(s_a^2 / n_a + s_b^2 / n_b)         s^2: sample variance, divisor n - 1
@@ -18,8 +18,11 @@ Two cells differ beyond noise when a test says a gap that large would be rare if
         p_pool = (k_a + k_b) / (n_a + n_b),   z = (k_a/n_a - k_b/n_b) / sqrt(p_pool (1 - p_pool) (1/n_a + 1/n_b))
         p      = P(|Z| >= |z|) = erfc(|z| / sqrt 2)
 
-The rule: a difference is beyond noise when the two-sided p < ALPHA (0.05). Otherwise the finding is
-"no difference beyond noise at this scale", which is a result too. Edge cases, decided once here:
+The rule: a difference is beyond noise when the two-sided p < ALPHA (0.05). Otherwise the two are "not
+told apart by this design", which is not the same as being the same: with 3 seeds a side Welch's t
+only detects gaps of about three standard deviations. So every such verdict prints the smallest gap
+the design could have detected (`Comparison.smallest_gap`: the gap that would give p = ALPHA with the
+spreads measured). Edge cases, decided once here:
   - fewer than 2 values on either side: there is no spread to test against, so no difference can be
     shown (p is nan and `beyond_noise` is False);
   - every seed gave the same value on both sides (both sds zero): equal means are no difference (p = 1);
@@ -43,20 +46,20 @@ from dataclasses import dataclass, field, replace
 from minitune.errors import ConfigError
 
 ALPHA = 0.05  # two-sided: a difference is beyond noise when p < ALPHA
-NO_DIFFERENCE = "no difference beyond noise at this scale"
+NO_DIFFERENCE = "not told apart by this design"
 
 
 # --- summaries of several seeds ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Cell:
+class SeedValues:
     """One setting measured over several seeds: the values, and their mean and spread."""
 
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
         if not self.values:
-            raise ConfigError("a Cell needs at least one value")
+            raise ConfigError("a SeedValues needs at least one value")
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
 
     @property
@@ -109,9 +112,9 @@ class Cell:
         return f"{format(self.min, spec)}-{format(self.max, spec)}"
 
 
-def summarize(values: Sequence[float] | Cell) -> Cell:
-    """A Cell of per-seed values (a Cell is returned as it is)."""
-    return values if isinstance(values, Cell) else Cell(tuple(values))
+def summarize(values: Sequence[float] | SeedValues) -> SeedValues:
+    """A SeedValues of per-seed values (a SeedValues is returned as it is)."""
+    return values if isinstance(values, SeedValues) else SeedValues(tuple(values))
 
 
 def number_spec(x: float) -> str:
@@ -193,6 +196,17 @@ def t_cdf(t: float, df: float) -> float:
     return 0.5 - centre / 2.0 if centre < tail else tail / 2.0
 
 
+def t_critical(df: float, alpha: float = ALPHA) -> float:
+    """The t > 0 with P(|T_df| >= t) = alpha (by bisection on t_two_sided_p, which falls as t grows)."""
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > alpha:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > alpha else (lo, mid)
+    return (lo + hi) / 2
+
+
 def normal_two_sided_p(z: float) -> float:
     """P(|Z| >= |z|) for a standard normal Z."""
     return math.erfc(abs(z) / math.sqrt(2.0))
@@ -216,6 +230,7 @@ class Comparison:
     n_b: int
     unit: str = "seeds"
     note: str = field(default="", compare=False)  # why an edge case was decided as it was
+    smallest_gap: float = math.nan  # the gap between the means that would have reached p = ALPHA
 
     @property
     def beyond_noise(self) -> bool:
@@ -236,10 +251,12 @@ class Comparison:
         """The sentence fragment every lesson prints for this comparison, e.g.
 
         'lora (0.812) is higher than full (0.744) beyond noise (Welch t, p = 0.013; 3 seeds each)'
-        'lora (0.812) and full (0.801): no difference beyond noise at this scale (Welch t, p = 0.41; 3 seeds each)'
+        'lora (0.812) and full (0.801): not told apart by this design (Welch t, p = 0.41; 3 seeds each;
+         the smallest gap it detects is 0.036)'
         """
         small = 0 < max(abs(self.mean_a), abs(self.mean_b)) < 10 ** -(digits - 1)  # 0.0004 must not read 0.000
-        fmt = lambda name, m: f"{name} ({m:.{digits}g})" if small else f"{name} ({m:.{digits}f})"  # noqa: E731
+        spec = lambda m: f".{digits}g" if small else f".{digits}f" if abs(m) < 10 else number_spec(m)  # noqa: E731
+        fmt = lambda name, m: f"{name} ({m:{spec(m)}})"  # noqa: E731
         how = f"{self.test}, {p_text(self.p)}; {_count(self.n_a, self.n_b, self.unit)}"
         if self.note:
             how += f"; {self.note}"
@@ -247,6 +264,11 @@ class Comparison:
             hi, lo = (self.a, self.b) if self.mean_a > self.mean_b else (self.b, self.a)
             m_hi, m_lo = max(self.mean_a, self.mean_b), min(self.mean_a, self.mean_b)
             return f"{fmt(hi, m_hi)} {verb} {fmt(lo, m_lo)} beyond noise ({how})"
+        if math.isfinite(self.smallest_gap) and self.smallest_gap > 0:
+            if self.test.startswith("Welch t on logs"):  # the gap in logs is a ratio of the geometric means
+                how += f"; the smallest ratio it detects is {math.exp(self.smallest_gap):.2f}x"
+            else:
+                how += f"; the smallest gap it detects is {self.smallest_gap:{number_spec(self.smallest_gap)}}"
         return f"{fmt(self.a, self.mean_a)} and {fmt(self.b, self.mean_b)}: {NO_DIFFERENCE} ({how})"
 
     def __str__(self) -> str:
@@ -257,10 +279,11 @@ class Comparison:
         clean = lambda v: v if isinstance(v, (int, str)) or math.isfinite(v) else None  # noqa: E731
         return {"a": self.a, "b": self.b, "mean_a": self.mean_a, "mean_b": self.mean_b, "test": self.test,
                 "statistic": clean(self.statistic), "df": clean(self.df), "p": clean(self.p), "n_a": self.n_a,
-                "n_b": self.n_b, "unit": self.unit, "beyond_noise": self.beyond_noise, "winner": self.winner}
+                "n_b": self.n_b, "unit": self.unit, "beyond_noise": self.beyond_noise, "winner": self.winner,
+                "smallest_gap": clean(self.smallest_gap)}
 
 
-def differs(a: Sequence[float] | Cell, b: Sequence[float] | Cell, names: tuple[str, str] = ("A", "B")
+def differs(a: Sequence[float] | SeedValues, b: Sequence[float] | SeedValues, names: tuple[str, str] = ("A", "B")
             ) -> Comparison:
     """Welch's t-test of per-seed values a against b: is the gap between their means beyond seed noise?"""
     ca, cb = summarize(a), summarize(b)
@@ -278,10 +301,11 @@ def differs(a: Sequence[float] | Cell, b: Sequence[float] | Cell, names: tuple[s
     t = gap / math.sqrt(va + vb)
     wa, wb = va / (va + vb), vb / (va + vb)  # each side's share of the variance: the formula, without under/overflow
     df = 1.0 / (wa ** 2 / (ca.n - 1) + wb ** 2 / (cb.n - 1))  # Welch-Satterthwaite
-    return Comparison(**base, statistic=t, df=df, p=t_two_sided_p(t, df))
+    return Comparison(**base, statistic=t, df=df, p=t_two_sided_p(t, df),
+                      smallest_gap=t_critical(df) * math.sqrt(va + vb))
 
 
-def log_differs(a: Sequence[float] | Cell, b: Sequence[float] | Cell, names: tuple[str, str] = ("A", "B")
+def log_differs(a: Sequence[float] | SeedValues, b: Sequence[float] | SeedValues, names: tuple[str, str] = ("A", "B")
                 ) -> Comparison:
     """Welch's t on the logarithms of positive values: the test for ratios and perplexities, whose seed
     noise multiplies (one seed 40x, the next 200x) rather than adds. On the raw values one wild seed's
@@ -323,7 +347,7 @@ class Best:
     comparisons: dict[str, Comparison]   # each other setting against the best
 
 
-def best_of(cells: Mapping[str, Sequence[float] | Cell], higher_is_better: bool = True) -> Best:
+def best_of(cells: Mapping[str, Sequence[float] | SeedValues], higher_is_better: bool = True) -> Best:
     """The setting with the best mean (first listed wins an exact tie), and those within noise of it."""
     if not cells:
         raise ConfigError("best_of needs at least one setting")

@@ -5,11 +5,11 @@ and measures each value over the lesson's seeds:
 
     task = study_task(lesson, "topic")                             # train 1000 / validation 100 / test 300
     runs = fine_tune_seeds(lesson, task, AdapterConfig(bottleneck=4), "m4")   # SeedRuns, one run per seed
-    runs["label loss"]                                             # a Cell: '0.412 ± 0.031'
+    runs["label loss"]                                             # a SeedValues: '0.412 ± 0.031'
     choice = choose_rate(lesson, task, PromptTuningConfig(n_tokens=5), (0.03, 0.1, 0.3), "n5")
     choice.rate, choice.tied, choice.runs[choice.rate]             # picked on validation; test scores beside
 
-Every run is a shared cell (minitune.cells.task_cell) at the lessons' standard budget (160 steps of batch
+Every run is a shared run (minitune.course.runs.shared_run) at the lessons' standard budget (160 steps of batch
 16, the same as the learning-rate sweep), and is scored on the test split by two numbers:
 
     accuracy     the share of test items whose most likely label word is the right one
@@ -27,22 +27,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from minitune.cells import Budget
+from minitune.course.runs import Budget
 from minitune.evaluate import classify_scores
 from minitune.finetune import open_run, supervised
-from minitune.lesson import Lesson, SeedRuns, plot_seeds
-from minitune.stats import Best, Cell, best_of, summarize
+from minitune.course.lesson import Lesson, SeedRuns, plot_seeds
+from minitune.course.stats import Best, SeedValues, best_of, summarize
 from minitune.strategies import apply_strategy
 from minitune.train import evaluate_loss, seed_everything
 
-BATCH = Budget().batch_size                   # the standard budget (minitune.cells), as every lesson trains
+BATCH = Budget().batch_size                   # the standard budget (minitune.course.runs), as every lesson trains
 EVALS = Budget().steps // Budget().eval_every  # validation evaluations per run: fine-tuning keeps the best
 
 Measure = Callable[[object, object], dict]  # (trained model, tokenizer) -> more numbers for the run
 
 
 def study_task(lesson: Lesson, name: str):
-    """The task at the standard budget's sizes (minitune.cells.Budget), as lessons 1 and 6 see it."""
+    """The task at the standard budget's sizes (minitune.course.runs.Budget), as lessons 1 and 6 see it."""
     return lesson.budget.task(name)
 
 
@@ -63,18 +63,18 @@ def validation_batches(task, enc, model):
 
 def fine_tune(lesson: Lesson, task, config, name: str, seed: int = 0, lr: float | None = None,
               base: str | Path | None = None, measure: Measure | None = None) -> dict:
-    """One fine-tuning run at the standard budget, as a shared cell (minitune.cells: the same run, and the
+    """One fine-tuning run at the standard budget, as a shared run (minitune.course.runs: the same run, and the
     same numbers, as any other lesson that trains this setting): its scores, counts and loss history.
 
     Returns accuracy, label loss (test), val loss (validation, the kept checkpoint's), trainable, total,
     seconds (training only), history (every evaluation), and whatever measure(model, enc) adds.
     """
-    cell = lesson.cell(task.name, config, seed, lr=lr, base=base)
-    result = {"accuracy": cell["score"], "label loss": cell["label_loss"], "val loss": cell["best_val_loss"],
-              "trainable": cell["trainable"], "total": cell["total"], "seconds": cell["train_seconds"],
-              "history": cell["history"]}
+    run = lesson.shared_run(task.name, config, seed, lr=lr, base=base)
+    result = {"accuracy": run["score"], "label loss": run["label_loss"], "val loss": run["best_val_loss"],
+              "trainable": run["trainable"], "total": run["total"], "seconds": run["train_seconds"],
+              "history": run["history"]}
     if measure is not None:
-        model, enc, _ = open_run(cell["run"], lesson.device)
+        model, enc, _ = open_run(run["run"], lesson.device)
         result.update(measure(model, enc))
     return result
 
@@ -124,7 +124,7 @@ class RateChoice:
         return len(rates) > 1 and self.rate in (rates[0], rates[-1])
 
 
-def pick_rate(val_losses: Mapping[float, Cell | Sequence[float]]) -> tuple[float, tuple[float, ...], Best]:
+def pick_rate(val_losses: Mapping[float, SeedValues | Sequence[float]]) -> tuple[float, tuple[float, ...], Best]:
     """The rate with the lowest mean validation loss, and the rates within noise of it (stats.best_of)."""
     pick = best_of({f"{lr:g}": summarize(v) for lr, v in val_losses.items()}, higher_is_better=False)
     by_name = {f"{lr:g}": lr for lr in val_losses}
@@ -142,8 +142,8 @@ def choose_rate(lesson: Lesson, task, config, rates: Sequence[float], name: str,
 
 # --- plots ----------------------------------------------------------------------------------------------
 
-def curve_cells(histories: Sequence[Sequence[tuple[int, float]]]) -> tuple[list[int], list[Cell]]:
-    """Several seeds' loss curves, [(step, loss), ...] each, as the steps and a Cell per step."""
+def curve_over_seeds(histories: Sequence[Sequence[tuple[int, float]]]) -> tuple[list[int], list[SeedValues]]:
+    """Several seeds' loss curves, [(step, loss), ...] each, as the steps and a SeedValues per step."""
     steps_seen = [[s for s, _ in h] for h in histories]
     if not histories or any(s != steps_seen[0] for s in steps_seen):
         raise ValueError(f"the seeds' curves must be evaluated at the same steps, got {steps_seen}")
@@ -159,8 +159,8 @@ def draw_curves(ax, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]],
                 base_loss: float | None = None) -> None:
     """Validation loss against step, one line (mean ± sd, every seed a dot) per setting."""
     for name, histories in curves.items():
-        xs, cells = curve_cells(histories)
-        plot_seeds(ax, xs, cells, label=name, marker=".")
+        xs, points = curve_over_seeds(histories)
+        plot_seeds(ax, xs, points, label=name, marker=".")
     if base_loss is not None:
         ax.axhline(base_loss, color="grey", ls=":", label="the base, before training")
     ax.set_yscale("log")

@@ -49,7 +49,7 @@ from minitune.errors import ConfigError, TrainingError
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import RUN, finetune
 from minitune.pretrain import runs_dir
-from minitune.stats import ALPHA, Cell, best_of, differs
+from minitune.course.stats import ALPHA, SeedValues, best_of, differs
 from minitune.strategies import STRATEGIES
 from minitune.train import resolve_device
 
@@ -167,8 +167,8 @@ def choose(runs: list[dict], rates: Sequence[float], default: float, metric: str
         diverged = len(at[lr]) - len(done)
         cell = {"lr": lr, "diverged": diverged, "seeds": len(at[lr])}
         if done:
-            cell["val_loss"] = Cell(tuple(r["val_loss"] for r in done)).to_dict()
-            cell[metric] = Cell(tuple(r[metric] for r in done)).to_dict()
+            cell["val_loss"] = SeedValues(tuple(r["val_loss"] for r in done)).to_dict()
+            cell[metric] = SeedValues(tuple(r[metric] for r in done)).to_dict()
         if not diverged:
             usable[lr] = [r["val_loss"] for r in done]
         cells.append(cell)
@@ -264,7 +264,7 @@ def read_sweep(path: str | Path | None = None) -> dict:
     return read_json(path / SWEEP_JSON if path.is_dir() or path.suffix != ".json" else path)
 
 
-RECORDED = Path(__file__).parent / "assets" / "sweep"  # the sweeps the package defaults come from
+RECORDED = Path(__file__).parents[1] / "assets" / "sweep"  # the sweeps the package defaults come from
 
 
 def recorded_sweeps() -> list[dict]:
@@ -303,8 +303,8 @@ def choices(record: dict) -> dict[tuple[str, str], float | None]:
     return {(r["family"], r["strategy"]): r["chosen"] for r in record["results"]}
 
 
-def _cell(d: dict | None) -> Cell | str:
-    return Cell(tuple(d["values"])) if d else "-"
+def _cell(d: dict | None) -> SeedValues | str:
+    return SeedValues(tuple(d["values"])) if d else "-"
 
 
 def markdown(record: dict) -> str:

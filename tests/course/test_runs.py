@@ -1,15 +1,13 @@
 """The shared fine-tuning cells: one run per (base, task, strategy, seed, budget), read back, never stale."""
 
-import json
 from pathlib import Path
 
 import pytest
 
-from minitune.cells import Budget, cell_key, common_target, first_reaching, task_cell
+from minitune.course.runs import Budget, run_key, common_target, first_reaching, shared_run
 from minitune.errors import ConfigError
 from minitune.data.tasks import load_task
-from minitune.course import README_BEGIN, README_END, course_summary, update_readme
-from minitune.lesson import held_out_text
+from minitune.course.lesson import held_out_text
 from minitune.strategies import FullConfig, LoRAConfig
 
 QUICK = Budget.for_mode(quick=True)
@@ -21,7 +19,7 @@ KEYS = {"task", "strategy", "seed", "metric", "score", "n", "test_loss", "best_v
 
 def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tmp_path, monkeypatch, capsys):
     general = held_out_text(20_000)[:8]
-    first = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
+    first = shared_run(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
     assert capsys.readouterr().out == ""  # quiet by default: the lessons print one line per cell themselves
     assert set(first) == KEYS | {"label_loss"}
     assert (first["task"], first["strategy"], first["seed"], first["metric"]) == ("sentiment", "lora", 0, "accuracy")
@@ -42,22 +40,22 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
 
     import minitune.finetune
     monkeypatch.setattr(minitune.finetune, "finetune", lambda *a, **k: pytest.fail("a cached cell was trained again"))
-    again = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
+    again = shared_run(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
     assert first.pop("trained") and not again.pop("trained") and again == first
-    named = task_cell(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path,
+    named = shared_run(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path,
                       lr=LoRAConfig.default_lr)  # the default rate named is the same cell, in the same folder
     assert not named.pop("trained") and named == first
 
 
 def test_cells_that_differ_in_anything_get_their_own_folders(nano_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINITUNE_RUNS", str(tmp_path))  # no cache folder named: runs/cells
+    monkeypatch.setenv("MINITUNE_RUNS", str(tmp_path))  # no cache folder named: runs/shared
     one, other = held_out_text(20_000)[:8], held_out_text(20_000)[8:16]
-    cells = [task_cell(nano_run, "qa", FullConfig(), 0, QUICK, general=one),
-             task_cell(nano_run, "code", FullConfig(), 0, QUICK, general=one),
-             task_cell(nano_run, "qa", FullConfig(), 1, QUICK, general=one),
-             task_cell(nano_run, "qa", FullConfig(), 0, QUICK, general=other)]
+    cells = [shared_run(nano_run, "qa", FullConfig(), 0, QUICK, general=one),
+             shared_run(nano_run, "code", FullConfig(), 0, QUICK, general=one),
+             shared_run(nano_run, "qa", FullConfig(), 1, QUICK, general=one),
+             shared_run(nano_run, "qa", FullConfig(), 0, QUICK, general=other)]
     folders = {Path(c["run"]) for c in cells}
-    assert len(folders) == 4 and all(f.parent == tmp_path / "cells" for f in folders)
+    assert len(folders) == 4 and all(f.parent == tmp_path / "shared" for f in folders)
     assert cells[0]["n"] == QUICK.limit("qa") and cells[0]["base_intact"] is False
 
 
@@ -71,27 +69,30 @@ def test_the_budget_gives_the_sizes_and_limits_it_names():
 def test_the_key_covers_the_weights_and_the_code_only(nano_run, tmp_path, monkeypatch):
     import shutil
 
-    import minitune.cells
+    import minitune.course.runs
 
     copy = tmp_path / "base"
     shutil.copytree(nano_run, copy)
-    before = cell_key(copy, "qa", FullConfig(), 0, QUICK, None)
+    before = run_key(copy, "qa", FullConfig(), 0, QUICK, None)
     (copy / "notes.txt").write_text("a file beside the weights")
-    assert cell_key(copy, "qa", FullConfig(), 0, QUICK, None) == before
+    assert run_key(copy, "qa", FullConfig(), 0, QUICK, None) == before
     package = tmp_path / "package"
     (package / "sub").mkdir(parents=True)
     (package / "sub" / "a.py").write_text("x = 1\n")
-    monkeypatch.setattr(minitune.cells, "PACKAGE", package)
-    first = minitune.cells.source_hash()
+    monkeypatch.setattr(minitune.course.runs, "PACKAGE", package)
+    first = minitune.course.runs.source_hash()
     (package / "sub" / "a.py").write_text("x = 2\n")
-    assert minitune.cells.source_hash() != first
-    second = minitune.cells.source_hash()
-    (package / "stats.py").write_text("how numbers are compared and worded: not how they are made\n")
-    assert minitune.cells.source_hash() == second
+    assert minitune.course.runs.source_hash() != first
+    second = minitune.course.runs.source_hash()
+    (package / "course").mkdir()
+    (package / "course" / "stats.py").write_text("how numbers are compared and worded: not how they are made\n")
+    assert minitune.course.runs.source_hash() == second
+    (package / "course" / "runs.py").write_text("how a shared run is trained and scored\n")
+    assert minitune.course.runs.source_hash() != second
 
 
 def test_the_key_changes_with_everything_the_numbers_depend_on(nano_run):
-    key = lambda **kw: cell_key(nano_run, kw.get("task", "qa"), kw.get("config", FullConfig()),  # noqa: E731
+    key = lambda **kw: run_key(nano_run, kw.get("task", "qa"), kw.get("config", FullConfig()),  # noqa: E731
                                 kw.get("seed", 0), kw.get("budget", QUICK), kw.get("general", ["a"]), kw.get("lr"))
     base = key()
     assert key() == base and key(lr=FullConfig.default_lr) == base  # the default rate, named or not
@@ -106,50 +107,16 @@ def test_a_changed_base_makes_a_new_key(nano_run, tmp_path):
 
     copy = tmp_path / "base"
     shutil.copytree(nano_run, copy)
-    before = cell_key(copy, "qa", FullConfig(), 0, QUICK, None)
+    before = run_key(copy, "qa", FullConfig(), 0, QUICK, None)
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-1] ^= 1
     (copy / "model.safetensors").write_bytes(bytes(data))
-    assert cell_key(copy, "qa", FullConfig(), 0, QUICK, None) != before
+    assert run_key(copy, "qa", FullConfig(), 0, QUICK, None) != before
 
 
 def test_an_unknown_task_is_refused(nano_run, tmp_path):
     with pytest.raises(ConfigError, match="unknown task"):
-        task_cell(nano_run, "poetry", FullConfig(), 0, QUICK, cache=tmp_path)
-
-
-def test_the_readme_section_is_rebuilt_from_the_lesson_summaries(tmp_path):
-    for n, took in ((1, 60.0), (2, 120.0)):
-        folder = tmp_path / "lessons" / f"{n:02d}"
-        folder.mkdir(parents=True)
-        (folder / "summary.md").write_text(f"### Lesson {n}\n\nnumbers {n}\n")
-        (folder / "results.json").write_text(json.dumps({"seconds": took}))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n{README_BEGIN}\nold text\n{README_END}\n\n## after\n")
-    update_readme(readme, tmp_path / "lessons")
-    text = readme.read_text()
-    assert "old text" not in text and text.startswith("# title") and text.endswith("## after\n")
-    assert text.index("numbers 1") < text.index("numbers 2") and "took 3 minutes" in text
-    assert text.index("numbers 1\n\n### Lesson 2") > 0  # one summary after another, a blank line between
-    for broken in ("no markers here\n", f"{README_END}\n{README_BEGIN}\n", f"{README_BEGIN}\n{README_BEGIN}\n{README_END}\n",
-                   f"{README_BEGIN}\n{README_END}\n{README_END}\n"):
-        readme.write_text(broken)
-        with pytest.raises(ConfigError, match="needs one"):
-            update_readme(readme, tmp_path / "lessons")
-
-
-def test_the_course_summary_states_the_total_time_only_when_it_is_known(tmp_path):
-    with pytest.raises(ConfigError, match="no lesson summaries"):
-        course_summary(tmp_path)
-    for n, results in ((1, {"seconds": 1800.0}), (2, {"seconds": 1770.0}), (3, {})):
-        folder = tmp_path / f"{n:02d}"
-        folder.mkdir()
-        (folder / "summary.md").write_text(f"### Lesson {n}\n")
-        (folder / "results.json").write_text(json.dumps(results))
-    assert course_summary(tmp_path).startswith("The 3 lessons took 60 minutes in all.\n\n### Lesson 1\n")
-    for n in (1, 2, 3):
-        (tmp_path / f"{n:02d}" / "results.json").unlink()
-    assert course_summary(tmp_path) == "### Lesson 1\n\n### Lesson 2\n\n### Lesson 3\n"
+        shared_run(nano_run, "poetry", FullConfig(), 0, QUICK, cache=tmp_path)
 
 
 def test_runs_are_read_where_they_first_reach_a_common_target():

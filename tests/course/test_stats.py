@@ -1,4 +1,4 @@
-"""The noise rule (minitune.stats): the t distribution against closed forms, tables and scipy; Welch's test
+"""The noise rule (minitune.course.stats): the t distribution against closed forms, tables and scipy; Welch's test
 against a simulation of its own false-positive rate; the edge cases the rule decides; best_of."""
 
 import json
@@ -7,11 +7,11 @@ import random
 import statistics
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minitune.errors import ConfigError
-from minitune.stats import (ALPHA, Cell, best_of, betainc, differs, normal_two_sided_p, proportions, t_cdf,
+from minitune.course.stats import (ALPHA, SeedValues, best_of, betainc, differs, normal_two_sided_p, proportions, t_cdf,
                             t_two_sided_p)
 
 finite = st.floats(-1e3, 1e3, allow_nan=False)
@@ -70,12 +70,12 @@ def test_against_scipy_where_it_is_installed():
         assert differs(a, b).p == pytest.approx(ref.pvalue, rel=1e-8)
 
 
-# --- Cell -------------------------------------------------------------------------------------------------
+# --- SeedValues -------------------------------------------------------------------------------------------------
 
 @given(st.lists(finite, min_size=2, max_size=12))
 def test_cell_matches_the_statistics_module(values):
     # Catches: the sd divided by n instead of n - 1 (statistics.pstdev), which understates seed noise.
-    c = Cell(tuple(values))
+    c = SeedValues(tuple(values))
     assert c.n == len(values)
     assert c.mean == pytest.approx(statistics.fmean(values), abs=1e-9)
     assert c.sd == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-9)
@@ -83,10 +83,10 @@ def test_cell_matches_the_statistics_module(values):
 
 
 def test_cell_of_one_seed_has_no_sd_and_none_of_zero():
-    c = Cell((0.5,))
+    c = SeedValues((0.5,))
     assert math.isnan(c.sd) and c.to_dict()["sd"] is None and str(c) == "0.500"
     with pytest.raises(ConfigError):
-        Cell(())
+        SeedValues(())
 
 
 # --- Welch's t ---------------------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def test_welch_is_antisymmetric_and_ignores_units(a, b, shift, scale):
     r, back = differs(a, b), differs(b, a)
     assert back.p == pytest.approx(r.p, abs=1e-12) and back.statistic == pytest.approx(-r.statistic)
     moved = differs([shift + scale * v for v in a], [shift + scale * v for v in b])
-    if math.isfinite(r.statistic) and Cell(tuple(a)).sd + Cell(tuple(b)).sd > 1e-6:
+    if math.isfinite(r.statistic) and SeedValues(tuple(a)).sd + SeedValues(tuple(b)).sd > 1e-6:
         assert moved.p == pytest.approx(r.p, abs=1e-6)
 
 
@@ -146,7 +146,7 @@ def test_the_sentence_follows_the_verdict():
     clear = differs([0.9, 0.91, 0.92], [0.5, 0.52, 0.51], ("lora", "full"))
     assert clear.text().startswith("lora (0.910) is higher than full") and clear.winner == "lora"
     unclear = differs([0.5, 0.7, 0.6], [0.55, 0.65, 0.6], ("lora", "full"))
-    assert "no difference beyond noise" in unclear.text() and unclear.winner is None
+    assert "not told apart" in unclear.text() and unclear.winner is None
     assert unclear.to_dict()["beyond_noise"] is False and clear.to_dict()["p"] == pytest.approx(clear.p)
 
 
@@ -189,26 +189,26 @@ def test_alpha_is_the_stated_threshold():
 # --- what lessons use: seeds, cells in tables, spread in plots -------------------------------------------------
 
 def _lesson(tmp_path):
-    from minitune.lesson import Lesson
+    from minitune.course.lesson import Lesson
 
     return Lesson(9, "test", quick=True, device="cpu", base=tmp_path, out=tmp_path)
 
 
 def test_over_seeds_runs_each_seed_once_and_summarises_each_measure(tmp_path):
-    from minitune.lesson import QUICK_SEEDS, SEEDS
+    from minitune.course.lesson import QUICK_SEEDS, SEEDS
 
     lesson = _lesson(tmp_path)
     calls = []
     runs = lesson.over_seeds(lambda seed: calls.append(seed) or {"accuracy": 0.5 + seed / 10, "name": "x"},
                              seeds=(0, 1, 2))
     assert calls == [0, 1, 2] and len(runs) == 3
-    assert runs["accuracy"].values == (0.5, 0.6, 0.7) and set(runs.cells()) == {"accuracy"}
+    assert runs["accuracy"].values == (0.5, 0.6, 0.7) and set(runs.measures()) == {"accuracy"}
     assert lesson.seeds == QUICK_SEEDS and len(SEEDS) >= 3  # quick mode: a spread still; full: three seeds
 
 
 def test_a_table_of_cells_keeps_every_seed_and_the_comparisons_for_results_json(tmp_path):
     lesson = _lesson(tmp_path)
-    a, b = Cell((0.9, 0.91, 0.92)), Cell((0.5, 0.52, 0.51))
+    a, b = SeedValues((0.9, 0.91, 0.92)), SeedValues((0.5, 0.52, 0.51))
     lesson.table("t", [{"strategy": "lora", "accuracy": a}, {"strategy": "full", "accuracy": b}])
     c = lesson.compare(a, b, ("lora", "full"))
     lesson.record("cells", {"lora": a})
@@ -227,9 +227,9 @@ def test_plots_show_every_seed_not_only_the_mean():
     import matplotlib.pyplot as plt
     from matplotlib.collections import PathCollection
 
-    from minitune.lesson import bar_seeds, plot_seeds
+    from minitune.course.lesson import bar_seeds, plot_seeds
 
-    cells = [Cell((0.1, 0.2, 0.3)), Cell((0.5, 0.7))]
+    cells = [SeedValues((0.1, 0.2, 0.3)), SeedValues((0.5, 0.7))]
     for draw in (lambda ax: plot_seeds(ax, [1, 4], cells), lambda ax: plot_seeds(ax, ["a", "b"], cells),
                  lambda ax: bar_seeds(ax, ["a", "b"], cells)):
         fig, ax = plt.subplots()
@@ -241,7 +241,7 @@ def test_plots_show_every_seed_not_only_the_mean():
 
 
 def test_log_differs_is_welch_on_the_logs_with_geometric_means():
-    from minitune.stats import log_differs
+    from minitune.course.stats import log_differs
 
     a, b = [40.0, 119.0, 200.0], [1.30, 1.33, 1.35]
     on_logs = differs([math.log(v) for v in a], [math.log(v) for v in b], ("a", "b"))
@@ -259,3 +259,32 @@ def test_a_comparison_of_tiny_means_shows_their_digits():
     c = differs([0.00041, 0.00043, 0.00042], [0.00011, 0.00012, 0.00010], ("a", "b"))
     assert "a (0.00042) is higher than b (0.00011)" in c.text()
     assert "(0.812)" in differs([0.81, 0.812, 0.814], [0.7, 0.71, 0.72], ("a", "b")).text()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(1.0, 500.0))
+def test_the_critical_t_is_where_the_two_sided_p_reaches_alpha(df):
+    """Catches a t_critical off by its tail (one-sided), or searching the wrong side of the root."""
+    from minitune.course.stats import ALPHA, t_critical, t_two_sided_p
+
+    assert math.isclose(t_two_sided_p(t_critical(df), df), ALPHA, rel_tol=1e-6)
+
+
+def test_known_critical_values():
+    from minitune.course.stats import t_critical
+
+    assert math.isclose(t_critical(2), 4.303, abs_tol=1e-3) and math.isclose(t_critical(1e7), 1.960, abs_tol=1e-3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=3, max_size=3), st.lists(st.floats(0, 1), min_size=3, max_size=3))
+def test_the_smallest_gap_is_the_gap_that_would_just_reach_the_noise_rule(a, b):
+    """A 'not told apart' line states the gap this design could have seen: shift one side until its mean
+    gap equals that, and Welch's t gives p = ALPHA. Catches a smallest gap from the wrong spread or df."""
+    from minitune.course.stats import ALPHA, differs
+
+    c = differs(a, b)
+    assume(math.isfinite(c.smallest_gap) and c.smallest_gap > 1e-6)
+    shift = c.smallest_gap - (c.mean_a - c.mean_b)
+    moved = differs([v + shift for v in a], b)
+    assert math.isclose(moved.p, ALPHA, rel_tol=1e-4)

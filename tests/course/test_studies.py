@@ -1,9 +1,9 @@
-"""minitune.studies: the learning-rate pick and the per-step curve cells, on numbers with known answers."""
+"""minitune.course.studies: the learning-rate pick and the per-step curve cells, on numbers with known answers."""
 
 import pytest
 
-from minitune.stats import Cell
-from minitune.studies import curve_cells, pick_rate
+from minitune.course.stats import SeedValues
+from minitune.course.studies import curve_over_seeds, pick_rate
 
 
 def test_pick_rate_takes_the_lowest_mean_validation_loss_and_its_ties():
@@ -15,16 +15,16 @@ def test_pick_rate_takes_the_lowest_mean_validation_loss_and_its_ties():
 
 
 def test_pick_rate_returns_the_rate_itself_not_its_label():
-    rate, tied, _ = pick_rate({3e-4: Cell((0.5, 0.6)), 1e-3: Cell((0.9, 1.0))})
+    rate, tied, _ = pick_rate({3e-4: SeedValues((0.5, 0.6)), 1e-3: SeedValues((0.9, 1.0))})
     assert rate == 3e-4 and isinstance(rate, float) and tied == (3e-4,)
 
 
-def test_curve_cells_gathers_each_step_over_the_seeds():
-    steps, cells = curve_cells([[(0, 2.0), (40, 1.0)], [(0, 4.0), (40, 3.0)]])
+def test_curve_over_seeds_gathers_each_step_over_the_seeds():
+    steps, cells = curve_over_seeds([[(0, 2.0), (40, 1.0)], [(0, 4.0), (40, 3.0)]])
     assert steps == [0, 40]
     assert [c.mean for c in cells] == [3.0, 2.0] and all(c.n == 2 for c in cells)
 
 
-def test_curve_cells_refuses_curves_evaluated_at_different_steps():
+def test_curve_over_seeds_refuses_curves_evaluated_at_different_steps():
     with pytest.raises(ValueError):
-        curve_cells([[(0, 2.0), (40, 1.0)], [(0, 4.0), (20, 3.0)]])
+        curve_over_seeds([[(0, 2.0), (40, 1.0)], [(0, 4.0), (20, 3.0)]])

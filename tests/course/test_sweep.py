@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from minitune import sweep as sweep_module
+from minitune.course import sweep as sweep_module
 from minitune.cli import main
 from minitune.data.tasks import load_task
 from minitune.errors import ConfigError
-from minitune.sweep import SweepSettings, choices, choose, grid, read_sweep, run_sweep, sweep_task, table_rows
+from minitune.course.sweep import SweepSettings, choices, choose, grid, read_sweep, run_sweep, sweep_task, table_rows
 
 
 # --- the grid ---------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_the_package_defaults_are_the_recorded_sweeps_choices():
     """Catches a default learning rate set by hand, with no recorded validation sweep behind it; and a
     strategy whose two task families want different rates while the package keeps one."""
     from minitune.strategies import STRATEGIES
-    from minitune.sweep import recorded_choices
+    from minitune.course.sweep import recorded_choices
 
     chosen = recorded_choices()
     assert set(STRATEGIES) <= set(chosen)  # every strategy, the newer four included (record 3 on)
