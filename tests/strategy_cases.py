@@ -2,6 +2,11 @@
 hypothesis, the closed-form parameter counts, and the Hugging Face / PEFT side of the parity tests.
 
 Imported by test_<strategy>.py, test_strategy_api.py and test_interop.py (pytest puts tests/ on sys.path).
+
+The parity tests build a small random GPT2LMHeadModel, save it, read it into minitune with load_hf_gpt2,
+apply the same method in both, give both the same trainable values (copied across by name: PEFT's tensors
+sit under `base_model.model.` with an adapter name, `default`), and compare the logits. Every trainable
+value is moved off its initialisation first, so the comparison sees the update, not just the base.
 """
 
 import torch

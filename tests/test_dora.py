@@ -1,11 +1,8 @@
 """DoRA: the layer against its formula written out in float64, the norm held constant in the backward pass,
 merging (with (IA)3's, which folds a vector into the weights too), and parity with PEFT's use_dora.
 
-The parity tests build a small random GPT2LMHeadModel, save it, read it into minitune with load_hf_gpt2,
-apply the same method in both, give both the same trainable values (copied across by name: PEFT's tensors
-sit under `base_model.model.` with an adapter name, `default`), and compare the logits. Every trainable
-value is moved off its initialisation first, so the comparison sees the update, not just the base. Test
-dependencies: transformers and peft; these never skip.
+The parity tests against PEFT follow the method strategy_cases.py describes (transformers and peft are test
+dependencies: these never skip).
 
 Each test names, in its docstring, a broken implementation it catches. The properties every strategy
 shares (counts, training steps, saving and loading) are in test_strategy_api.py.

@@ -1,11 +1,8 @@
 """(IA)3: keys, values and the MLP's inner activation rescaled, against hooks on the plain model, and
 parity with PEFT's IA3.
 
-The parity tests build a small random GPT2LMHeadModel, save it, read it into minitune with load_hf_gpt2,
-apply the same method in both, give both the same trainable values (copied across by name: PEFT's tensors
-sit under `base_model.model.` with an adapter name, `default`), and compare the logits. Every trainable
-value is moved off its initialisation first, so the comparison sees the update, not just the base. Test
-dependencies: transformers and peft; these never skip.
+The parity tests against PEFT follow the method strategy_cases.py describes (transformers and peft are test
+dependencies: these never skip).
 
 Each test names, in its docstring, a broken implementation it catches. Merging is tested with DoRA's, in
 test_dora.py; the properties every strategy shares (counts, training steps, saving and loading) are in

@@ -230,6 +230,15 @@ class Lesson:
         self._show(f"=> {claim.line()}", f"- {claim.line()}")
         return claim
 
+    def claim_quality(self, statement: str, source: str, a: "SeedRuns", b: "SeedRuns", names: tuple[str, str],
+                      expect: str | None = None) -> None:
+        """Two claims on two settings' runs (minitune.course.studies' measures): a's test label loss `expect`
+        than b's ("lower": a is better), and its accuracy the other way round."""
+        self.claim(f"{statement} (test label loss, lower is better)", source, a["label loss"], b["label loss"], names,
+                   expect=expect)
+        self.claim(f"{statement} (test accuracy)", source, a["accuracy"], b["accuracy"], names,
+                   expect={"higher": "lower", "lower": "higher"}.get(expect))
+
     def note(self, sentence: str) -> None:
         """Print a sentence built from measured numbers (one that compares nothing) and keep it."""
         self.results["notes"].append(sentence)

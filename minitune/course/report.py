@@ -4,7 +4,7 @@ A lesson states a claim in one call, and this module words it, so no lesson choo
 
     claim = Claim("fine-tuning beats prompting (qa)", "Module 1", differs(lora, prompted, ("LoRA", "prompted")),
                   expect="higher")
-    claim.line()   # '[agrees] Module 1: fine-tuning beats prompting (qa). LoRA (0.108) is higher than ...'
+    claim.line()   # '[agrees] Module 1: fine-tuning beats prompting (qa): LoRA (0.108) is higher than ...'
 
 The verdict comes from the noise rule (minitune.course.stats) and the direction the source expects:
 
@@ -58,15 +58,11 @@ class Claim:
     def line(self) -> str:
         """The verdict line the lesson prints."""
         who = f"{self.source}: " if self.source else ""
-        return f"[{self.verdict}] {who}{self.statement}. {_capital(self.comparison.text())}."
+        return f"[{self.verdict}] {who}{self.statement}: {self.comparison.text()}."
 
     def to_dict(self) -> dict:
         return {"statement": self.statement, "source": self.source, "expect": self.expect,
                 "verdict": self.verdict, "line": self.line(), "comparison": self.comparison.to_dict()}
-
-
-def _capital(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 # --- tables -------------------------------------------------------------------------------------------------
@@ -78,7 +74,7 @@ def format_table(rows: list[dict]) -> str:
     cols = list(rows[0])
     texts = [[value_text(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in texts)) for i, c in enumerate(cols)]
-    numeric = [all(isinstance(r.get(c), (int, float, SeedValues)) for r in rows) for c in cols]
+    numeric = [all(r.get(c) is None or isinstance(r.get(c), (int, float, SeedValues)) for r in rows) for c in cols]
 
     def line(values):
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
@@ -91,9 +87,9 @@ def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)"
     cols = list(rows[0])
-    numeric = [all(isinstance(r.get(c), (int, float, SeedValues)) for r in rows) for c in cols]
+    numeric = [all(r.get(c) is None or isinstance(r.get(c), (int, float, SeedValues)) for r in rows) for c in cols]
     escape = lambda v: value_text(v).replace("|", "\\|")  # noqa: E731
-    head = "| " + " | ".join(cols) + " |"
+    head = "| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |"
     rule = "| " + " | ".join("---:" if num else "---" for num in numeric) + " |"
     return "\n".join([head, rule] + ["| " + " | ".join(escape(r.get(c)) for c in cols) + " |" for r in rows])
 

@@ -288,6 +288,9 @@ def differs(a: Sequence[float] | SeedValues, b: Sequence[float] | SeedValues, na
     """Welch's t-test of per-seed values a against b: is the gap between their means beyond seed noise?"""
     ca, cb = summarize(a), summarize(b)
     base = dict(a=names[0], b=names[1], mean_a=ca.mean, mean_b=cb.mean, test="Welch t", n_a=ca.n, n_b=cb.n)
+    if any(math.isnan(v) for v in ca.values + cb.values):
+        return Comparison(**base, statistic=math.nan, df=math.nan, p=math.nan,
+                          note="a run diverged (nan): untested")
     if ca.n < 2 or cb.n < 2:
         return Comparison(**base, statistic=math.nan, df=math.nan, p=math.nan,
                           note="fewer than 2 seeds: no spread to test against")

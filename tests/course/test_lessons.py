@@ -3,6 +3,7 @@ mode, writing finite, sane results; run as a script it writes its chapter page."
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def check_results(results: dict, number: int) -> None:
     for rows in results["tables"].values():
         for row in rows:
             for key, value in row.items():
-                if isinstance(value, float) and any(w in key.lower() for w in METRICS):
+                if isinstance(value, float) and any(re.search(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])", key.lower()) for w in METRICS):
                     assert 0.0 <= value <= 1.0, (key, value)
 
 

@@ -288,3 +288,9 @@ def test_the_smallest_gap_is_the_gap_that_would_just_reach_the_noise_rule(a, b):
     shift = c.smallest_gap - (c.mean_a - c.mean_b)
     moved = differs([v + shift for v in a], b)
     assert math.isclose(moved.p, ALPHA, rel_tol=1e-4)
+
+
+def test_a_diverged_run_leaves_its_comparison_untested():
+    """Catches a nan seed read as a number (a verdict from a run that blew up) or raised as an error."""
+    c = differs([0.5, math.nan, 0.6], [0.1, 0.2, 0.3], ("a", "b"))
+    assert math.isnan(c.p) and not c.beyond_noise and "diverged" in c.text()
