@@ -61,7 +61,7 @@ def claims_page(records: list[dict]) -> str:
         stem = f"{r['lesson']:02d}"
         lines += [f"## [Lesson {r['lesson']}: {r['title']}](lessons/{stem}.md)", "",
                   f"_{r['seconds']:.0f} s on {r['machine']}, {r['date']}._", ""]
-        lines += [f"- **{c['verdict']}**: {c['line']}" for c in r["claims"]] or ["(no claims)"]
+        lines += [f"- {c['line']}" for c in r["claims"]] or ["(no claims)"]
         lines.append("")
     return "\n".join(lines)
 
