@@ -288,6 +288,8 @@ def test_bad_applications():
         apply_strategy(base(), LoRAConfig(r=17))
     with pytest.raises(ConfigError, match="'q_proj' matches no layer; layers are .*attn.c_attn"):
         apply_strategy(base(), LoRAConfig(targets=("q_proj",)))
+    with pytest.raises(ConfigError, match="'proj' matches no layer"):  # a target names whole path components
+        apply_strategy(base(), LoRAConfig(targets=("proj",)))
     with pytest.raises(ConfigError, match="leaves no room in block_size"):
         apply_strategy(base(), PromptTuningConfig(n_tokens=32))
     with pytest.raises(ConfigError, match="already has the 'lora' strategy"):
