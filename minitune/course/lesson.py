@@ -314,12 +314,6 @@ def _columns(row, columns: Sequence[str] | None) -> dict:
     return dict(row) if columns is None else {c: row[c] for c in columns}
 
 
-def seed_spread(runs: list[dict], keys: tuple[str, ...] = ("accuracy", "label loss")) -> dict:
-    """Largest minus smallest of each measure over runs that differ only in their seed (a description of
-    the noise; whether two settings differ is decided by minitune.course.stats.differs)."""
-    return {k: max(r[k] for r in runs) - min(r[k] for r in runs) for k in keys}
-
-
 @dataclass
 class SeedRuns:
     """One setting run once per seed: each run's dict of numbers, and a SeedValues per measure."""

@@ -22,7 +22,7 @@ REPORTING_CALLS = {
     "table", "claim", "note", "plot", "record", "finish", "conclude", "section", "summary",  # the harness's output
     "bar_groups", "bar_seeds", "plot_seeds", "plot_curves", "savefig", "subplots",          # plots
     "human_bytes", "print", "format", "join", "markdown_table", "format_table", "and_list", "plain", "p_text",
-    "differs", "log_differs", "proportions", "best_of", "seed_spread",                      # p-values, spreads
+    "differs", "log_differs", "proportions", "best_of",                                      # p-values
 }
 LESSONS = Path(__file__).resolve().parents[2] / "lessons"
 
