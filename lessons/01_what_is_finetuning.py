@@ -23,6 +23,7 @@
 # %%
 import statistics
 from collections import Counter
+from functools import partial
 
 import torch
 
@@ -138,7 +139,8 @@ def adapt(config, seed: int) -> dict:
 
 
 adapted = {"base": {"clinic": perplexity(base, enc, val_notes, lesson.device), "general": surprise[
-    "general tiny-world text (held out)"]}} | {c.name: lesson.over_seeds(lambda s: adapt(c, s)) for c in (FullConfig(), LoRAConfig())}
+    "general tiny-world text (held out)"]}} | lesson.each_over_seeds(
+    {c.name: partial(adapt, c) for c in (FullConfig(), LoRAConfig())})
 lesson.table("Perplexity of held-out clinic notes and of general text, before and after adapting", adapted, index="model")
 for measure in ("clinic", "general"):
     lesson.claim(f"{measure}-text perplexity after adapting, full against LoRA", "", adapted["full"][measure],

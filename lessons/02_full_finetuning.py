@@ -15,6 +15,8 @@
 # results of the last full run, beside this text: `docs/lessons/02.md`.
 
 # %%
+from functools import partial
+
 import torch
 
 from minitune.course.lesson import Lesson, plot_seeds
@@ -192,8 +194,8 @@ def forgetting(config, lr: float, seed: int) -> dict:
     return {"accuracy": run["score"], "perplexity / base's": run["general_ppl"] / before, "base": run["base_intact"]}
 
 
-runs = {(c.name, lr): lesson.over_seeds(lambda s, c=c, lr=lr: forgetting(c, lr, s))
-        for c in (FullConfig(), LoRAConfig()) for lr in rates[c.name]}
+runs = lesson.each_over_seeds({(c.name, lr): partial(forgetting, c, lr)
+                               for c in (FullConfig(), LoRAConfig()) for lr in rates[c.name]})
 lesson.table(f"Sentiment: test accuracy, and general-text perplexity over the base's ({before:.2f})", {
     f"{s} at {lr:g}": {**r.measures(("accuracy", "perplexity / base's")),
                        "base unchanged (seeds)": sum(x["base"] for x in r.runs)} for (s, lr), r in runs.items()},

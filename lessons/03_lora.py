@@ -18,6 +18,7 @@
 # %%
 import copy
 import math
+from functools import partial
 
 import torch
 
@@ -133,11 +134,16 @@ def qa_run(config, lr: float, seed: int) -> dict:
     return run | {"val loss": run["best_val_loss"], "test loss": run["test_loss"], "exact match": run["score"]}
 
 
-def sweep(config) -> RateChoice:
-    """`config` at each rate of its grid over the seeds, and the rate validation picks."""
-    runs = {lr: lesson.over_seeds(lambda seed, lr=lr: qa_run(config, lr, seed)) for lr in grid(config.default_lr)}
-    rate, tied, pick = pick_rate({lr: r["val loss"] for lr, r in runs.items() if not math.isnan(r["val loss"].mean)})
-    return RateChoice(rate, tied, runs, pick)
+def sweep(configs: dict) -> dict:
+    """Every config at each rate of its grid over the seeds (all side by side), and the rate validation picks."""
+    runs = lesson.each_over_seeds({(key, lr): partial(qa_run, c, lr) for key, c in configs.items()
+                                   for lr in grid(c.default_lr)})
+    choices = {}
+    for key, c in configs.items():
+        mine = {lr: runs[key, lr] for lr in grid(c.default_lr)}
+        rate, tied, pick = pick_rate({lr: r["val loss"] for lr, r in mine.items() if not math.isnan(r["val loss"].mean)})
+        choices[key] = RateChoice(rate, tied, mine, pick)
+    return choices
 
 
 def closed_form(config) -> int:
@@ -150,7 +156,7 @@ def closed_form(config) -> int:
 
 
 configs = {(k, r): lora(k, r) for k in (ALPHA_R, RSLORA) for r in RANKS} | {"full FT": FullConfig()}
-swept = {key: sweep(c) for key, c in configs.items()}
+swept = sweep(configs)
 test = {key: s.runs[s.rate] for key, s in swept.items()}  # each setting's runs at its chosen rate
 label = {key: key if key == "full FT" else f"{key[0]}, r = {key[1]}" for key in configs}
 lesson.table("Validation loss at each rate (qa)", {f"{label[key]} at {lr:g}": r for key, s in swept.items()
@@ -197,7 +203,7 @@ lesson.plot("rank_test.png", lambda ax: bar_seeds(ax, [label[key].replace(", ", 
 ATTENTION, MLP, ALL = "attention: c_attn", "MLP: c_fc, c_proj", "all four"
 places = {ATTENTION: lora(ALPHA_R, REF, ("c_attn",)), MLP: lora(ALPHA_R, REF, ("mlp.c_fc", "mlp.c_proj")),
           ALL: lora(ALPHA_R, REF, ("c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))}
-placed = {name: lesson.over_seeds(lambda seed, c=c: qa_run(c, lr, seed)) for name, c in places.items()} | {
+placed = lesson.each_over_seeds({name: partial(qa_run, c, lr) for name, c in places.items()}) | {
     "full FT": test["full FT"]}  # at its chosen rate
 best = best_of({name: placed[name]["test loss"] for name in places}, higher_is_better=False)  # the noise rule
 where = {name: {"trainable": r.runs[0]["trainable"], "closed form": closed_form(places.get(name, FullConfig())),

@@ -28,8 +28,8 @@ import torch
 from minitune.bench import inference_case, run_interleaved, training_case
 from minitune.course.lesson import Lesson, held_out_text
 from minitune.course.stats import best_of
-from minitune.course.studies import (BATCH, EVALS, curve, draw_curves, draw_quality, fine_tune_seeds, test_scores,
-                                     validation_batches)
+from minitune.course.studies import (BATCH, EVALS, curve, draw_curves, draw_quality, fine_tune_each, fine_tune_seeds,
+                                     test_scores, validation_batches)
 from minitune.evaluate import perplexity
 from minitune.finetune import supervised
 from minitune.strategies import AdapterConfig, apply_strategy, load_trainable, save_trainable, trainable_parameters
@@ -82,7 +82,7 @@ lesson.table(f"Trainable parameters of Houlsby adapters (2 per block), d = {d}, 
 
 # %%
 widths = lesson.size((1, M), (1, 4, M, 64, 256))
-runs = {m: fine_tune_seeds(lesson, task, AdapterConfig(bottleneck=m), f"bottleneck-{m}") for m in widths}
+runs = fine_tune_each(lesson, task, {m: AdapterConfig(bottleneck=m) for m in widths})
 pick = best_of({m: r["label loss"] for m, r in runs.items()}, higher_is_better=False)
 lesson.record("bottleneck_best", {"best": pick.best, "tied": list(pick.tied)})
 lesson.table(f"Houlsby adapters on topic, lr {AdapterConfig.default_lr:g}, {lesson.budget.steps} steps",
@@ -106,8 +106,9 @@ lesson.plot("bottleneck_sweep.png", lambda ax: draw_quality(
 # %%
 variants = {f"{w.capitalize()}, m = {k}": AdapterConfig(bottleneck=k, placement=w) for w, k in
             (("houlsby", M), ("pfeiffer", M), ("pfeiffer", 2 * M))}
-placed = {name: runs[c.bottleneck] if c.placement == "houlsby" else
-          fine_tune_seeds(lesson, task, c, f"{c.placement}-{c.bottleneck}") for name, c in variants.items()}
+placed = fine_tune_each(lesson, task, {name: c for name, c in variants.items() if c.placement != "houlsby"}) | {
+    name: runs[c.bottleneck] for name, c in variants.items() if c.placement == "houlsby"}
+placed = {name: placed[name] for name in variants}  # in the variants' order
 models = {name: apply_strategy(copy.deepcopy(base), c) for name, c in variants.items()}
 device = torch.device(lesson.device)
 steps_timed = [training_case("lesson", name, model, BATCH, device) for name, model in models.items()]

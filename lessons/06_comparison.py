@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from minitune.course.lesson import Lesson, SeedRuns, bar_groups, best_per_task
-from minitune.course.report import Bytes
+from minitune.course.lesson import Lesson, SeedRuns, bar_groups
+from minitune.course.report import Bytes, best_per_task
 from minitune.course.runs import common_target, first_reaching
 from minitune.course.stats import summarize
 from minitune.course.sweep import recorded_choices, recorded_sweeps, table_rows

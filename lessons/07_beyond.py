@@ -28,8 +28,8 @@ from dataclasses import fields
 
 import torch
 
-from minitune.course.lesson import Lesson, and_list, bar_groups, best_per_task
-from minitune.course.report import Bytes
+from minitune.course.lesson import Lesson, bar_groups
+from minitune.course.report import Bytes, and_list, best_per_task
 from minitune.course.stats import summarize
 from minitune.course.sweep import recorded_choices, recorded_sweeps, table_rows
 from minitune.evaluate import HEADLINE_METRIC, perplexity

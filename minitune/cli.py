@@ -1,4 +1,4 @@
-"""The `minitune` command line: pretrain, finetune, evaluate, generate, sweep, docs, bench, build-tokenizer.
+"""The `minitune` command line: pretrain, finetune, evaluate, generate, sweep, time-runs, docs, bench, build-tokenizer.
 
 Each subcommand calls the same functions the lessons call, so what a lesson shows can be repeated on
 your own data.
@@ -109,10 +109,26 @@ def _sweep(args: argparse.Namespace) -> None:
              "steps": args.steps, "span": args.span}
     settings = SweepSettings.for_mode(args.quick, **{k: v for k, v in given.items() if v is not None})
     base = default_base(args.quick, args.base, quiet=args.quick)
-    record = run_sweep(base, settings, args.out, args.device)  # records the command, every setting spelled out
+    record = run_sweep(base, settings, args.out, args.device, workers=args.workers)  # records the command, every setting spelled out
     changed = changes(record)
     print(f"sweep took {record['seconds'] / 60:.1f} min; defaults it would change: "
           + ("; ".join(changed) if changed else "none"))
+
+
+def _time_runs(args: argparse.Namespace) -> None:
+    from minitune.course.lesson import default_base, held_out_text
+    from minitune.course.runs import Budget
+    from minitune.course.timing import format_rows, time_runs
+    from minitune.strategies import config_from_dict
+
+    budget = Budget.for_mode(args.quick)
+    configs = [config_from_dict(name.strip(), {}) for name in args.strategies.split(",")]  # a bad name: ConfigError
+    base = default_base(args.quick, args.base, quiet=args.quick)
+    general = held_out_text(60_000 if args.quick else 200_000)  # the lessons' general text
+    rows = time_runs(base, args.tasks.split(","), configs, budget, general, workers=args.workers)
+    print(f"One shared run per task and strategy ({budget.steps} steps of {budget.batch_size}, evaluated every "
+          f"{budget.eval_every}), wall seconds by part (minitune/course/timing.py):")
+    print(format_rows(rows))
 
 
 def _docs(args: argparse.Namespace) -> None:
@@ -200,7 +216,17 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 160)")
     sw.add_argument("--span", type=int, default=None, help="ladder rungs each side of the default (default: 1)")
     sw.add_argument("--device", default="auto")
+    sw.add_argument("--workers", type=int, default=None, help="runs side by side, one torch thread each "
+                    "(default: $MINITUNE_WORKERS, else one per core; 1: one after another)")
     sw.set_defaults(handler=_sweep)
+
+    tr = sub.add_parser("time-runs", help="where a lesson's fine-tuning run spends its time, task by task")
+    tr.add_argument("--tasks", default="sentiment,topic,summarization,qa,code", help="comma-separated")
+    tr.add_argument("--strategies", default="full,lora", help="comma-separated (default: full,lora)")
+    tr.add_argument("--quick", action="store_true", help="the nano base and the --quick budget")
+    tr.add_argument("--base", default=None, help="base run folder (default: the built-in tiny base)")
+    tr.add_argument("--workers", type=int, default=1, help="runs side by side (default: 1, so none slows another)")
+    tr.set_defaults(handler=_time_runs)
 
     do = sub.add_parser("docs", help="docs/claims.md and README's headline table, from docs/lessons/NN.json")
     do.add_argument("--docs", default="docs", help="the docs folder (its lessons/ holds the full runs' results)")

@@ -29,6 +29,7 @@ from minitune.sandbox import CallFailed, CodeCrashed, CodeTimedOut, WrongFunctio
 from minitune.train import device_of, evaluate_loss
 
 EVAL_BATCH = 64  # rows per forward pass when scoring labels
+GENERATE_BATCH = 32  # prompts of one length decoded together
 # The one number each built-in task is judged by (evaluate_task reports more).
 HEADLINE_METRIC = {"sentiment": "accuracy", "topic": "accuracy", "summarization": "rougeL_f1", "qa": "exact_match",
                    "code": "pass@1"}
@@ -60,17 +61,19 @@ def label_logprobs(model, enc, prompts: list[str], labels: tuple[str, ...], devi
         for lab in label_ids:
             ids = _fit(p + lab, room + 1)  # the last token is only a target
             rows.append((ids, len(ids) - len(lab), lab))
-    scores = []
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # rows of like length together: little padding
+    scores = [torch.zeros(())] * len(rows)
     for start in range(0, len(rows), EVAL_BATCH):
-        chunk = rows[start : start + EVAL_BATCH]
-        T = max(len(ids) for ids, _, _ in chunk) - 1
+        chunk = order[start : start + EVAL_BATCH]
+        T = max(len(rows[i][0]) for i in chunk) - 1
         x = torch.full((len(chunk), T), enc.eot_token, dtype=torch.long)
-        for b, (ids, _, _) in enumerate(chunk):
-            x[b, : len(ids) - 1] = torch.tensor(ids[:-1])
+        for b, i in enumerate(chunk):
+            x[b, : len(rows[i][0]) - 1] = torch.tensor(rows[i][0][:-1])
         logp = F.log_softmax(model(x.to(device))[0].float(), dim=-1).cpu()  # (B, T, V)
-        for b, (ids, first, lab) in enumerate(chunk):
+        for b, i in enumerate(chunk):
+            _, first, lab = rows[i]
             positions = torch.arange(first - 1, first - 1 + len(lab))  # logits at i predict token i + 1
-            scores.append(logp[b, positions, torch.tensor(lab)].sum())
+            scores[i] = logp[b, positions, torch.tensor(lab)].sum()
     return torch.stack(scores).view(len(prompts), len(labels))
 
 
@@ -112,7 +115,37 @@ def generate_text(model, enc, prompt: str, max_new_tokens: int, stop: str = "\n"
     x = torch.tensor([ids], dtype=torch.long, device=device)
     out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
                          stop_tokens=stop_token_ids(enc, stop), generator=generator)
-    text = enc.decode(out[0, len(ids):].tolist())
+    return _cut(enc.decode(out[0, len(ids):].tolist()), stop)
+
+
+@torch.no_grad()
+def generate_texts(model, enc, prompts: list[str], max_new_tokens: int, stop: str = "\n", device=None) -> list[str]:
+    """Greedy continuations of many prompts, each cut where `stop` first appears: generate_text for every
+    prompt, decoded GENERATE_BATCH at a time.
+
+    Prompts of the same token length go together, so no row is padded: each row sees exactly its own
+    tokens and positions, and gets the tokens it gets decoded alone (a row that stops early repeats its
+    stop token until the batch is done; the cut removes them).
+    """
+    model.eval()
+    device = device or device_of(model)
+    ids = [_fit(enc.encode_ordinary(p), max(1, model.max_input_tokens - max_new_tokens)) for p in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(i)
+    texts = [""] * len(prompts)
+    for length, members in sorted(by_length.items()):
+        for start in range(0, len(members), GENERATE_BATCH):
+            chunk = members[start : start + GENERATE_BATCH]
+            x = torch.tensor([ids[i] for i in chunk], dtype=torch.long, device=device)
+            out = model.generate(x, max_new_tokens, stop_tokens=stop_token_ids(enc, stop))
+            for i, row in zip(chunk, out[:, length:].tolist()):
+                texts[i] = _cut(enc.decode(row), stop)
+    return texts
+
+
+def _cut(text: str, stop: str) -> str:
+    """A generated text up to the stop string (or <|endoftext|>), without trailing blanks."""
     return text.split(stop, 1)[0].split("<|endoftext|>", 1)[0].rstrip()
 
 
@@ -183,13 +216,14 @@ def evaluate_task(model, enc, task: Task, split: str = "test", shots: int = 0, l
     if task.kind == "classification":
         room -= max(len(enc.encode_ordinary(" " + w)) for w in task.labels)
         prompts = [prompt_for(task, ex, shots, enc, room, seed) for ex in examples]
-        predictions, _ = classify_scores(model, enc, examples, task.labels, prompts, device)
+        predictions, scores = classify_scores(model, enc, examples, task.labels, prompts, device)
         golds = [ex.target.strip() for ex in examples]
-        metrics = {"accuracy": accuracy(predictions, golds), "macro_f1": macro_f1(predictions, golds, task.labels)}
+        metrics = {"accuracy": accuracy(predictions, golds), "macro_f1": macro_f1(predictions, golds, task.labels),
+                   "label_loss": scores["label loss"]}
     else:
         budget = answer_budget(task, enc)
         prompts = [prompt_for(task, ex, shots, enc, room - budget, seed) for ex in examples]
-        predictions = [generate_text(model, enc, p, budget, task.stop, device=device) for p in prompts]
+        predictions = generate_texts(model, enc, prompts, budget, task.stop, device=device)
         metrics = score_generation(task, examples, predictions)
     samples = [{"prompt": ex.prompt, "prediction": p, "target": ex.target.strip()}
                for ex, p in zip(examples[:3], predictions)]

@@ -27,17 +27,19 @@ import shlex
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.course.costs import strategy_costs, step_time_ms  # noqa: F401  (lessons import them from here)
+from minitune.course.pool import WORKERS_VARIABLE, run_all, workers_wanted
 from minitune.course.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
 from minitune.course.report import Claim, chapter_page, format_table, markdown_table, seeds_note
 from minitune.course.runs import Budget, shared_run
-from minitune.course.stats import SeedValues, Comparison, best_of, differs, log_differs, summarize
+from minitune.course.stats import SeedValues, Comparison, differs, log_differs, summarize
 from minitune.data import pretraining_corpus, split
 from minitune.evaluate import perplexity
 from minitune.pretrain import load_run, runs_dir
@@ -89,7 +91,8 @@ class Lesson:
                                                    "comparisons": []})
     started: float = field(default_factory=time.perf_counter)
     blocks: list[tuple[int, str]] = field(default_factory=list)  # (line of the lesson, markdown) for the page
-    origins: dict = field(default_factory=lambda: {"trained": 0, "read back": 0})  # shared runs, by origin
+    origins: Counter = field(default_factory=lambda: Counter({"trained": 0, "read back": 0}))  # shared runs
+    workers: int | None = None  # runs side by side (None: $MINITUNE_WORKERS, else every core; course/pool.py)
 
     @classmethod
     def start(cls, number: int, title: str, argv: list[str] | None = None) -> "Lesson":
@@ -97,6 +100,8 @@ class Lesson:
         p = argparse.ArgumentParser(description=f"Lesson {number}: {title}")
         p.add_argument("--quick", action="store_true", help="nano sizes, seconds (what the tests run)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+        p.add_argument("--workers", type=int, default=None, help="fine-tuning runs side by side, one torch thread "
+                       f"each (default: ${WORKERS_VARIABLE}, else one per core; 1: one after another)")
         p.add_argument("--base", default=None, help="a base run folder (default: the built-in tiny base)")
         p.add_argument("--out", default=None, help="where results go (default: runs/lessons/NN)")
         p.add_argument("--docs", default=None, help="where the chapter page goes (default: docs/lessons/ beside "
@@ -110,7 +115,8 @@ class Lesson:
         docs = Path(args.docs) if args.docs else (
             source.parent.parent / "docs" / "lessons" if source and source.parent.name == "lessons" and not args.quick
             else out)
-        lesson = cls(number, title, args.quick, str(resolve_device(args.device)), base, out, source, docs)
+        lesson = cls(number, title, args.quick, str(resolve_device(args.device)), base, out, source, docs,
+                     workers=workers_wanted(args.workers))
         bar = "=" * (len(title) + 11)
         print(f"{bar}\nLesson {number}: {title}\n{bar}\nbase: {base}{'   (quick mode)' if args.quick else ''}\n",
               flush=True)
@@ -131,8 +137,30 @@ class Lesson:
         return self.size(QUICK_SEEDS, SEEDS)
 
     def over_seeds(self, fn: Callable[[int], dict], seeds: Sequence[int] | None = None) -> "SeedRuns":
-        """Run fn(seed) for each of the lesson's seeds (or `seeds`): every run's numbers and their Cells."""
-        return over_seeds(fn, self.seeds if seeds is None else seeds)
+        """Run fn(seed) for each of the lesson's seeds (or `seeds`), side by side: every run's numbers."""
+        return self.each_over_seeds({"": fn}, seeds)[""]
+
+    def each_over_seeds(self, fns: Mapping, seeds: Sequence[int] | None = None) -> dict:
+        """{name: fn}: run every fn(seed) for each seed, all side by side in the pool of workers
+        (minitune.course.pool: one torch thread each, results in order): {name: SeedRuns}."""
+        seeds = tuple(self.seeds if seeds is None else seeds)
+        if not seeds:
+            raise ValueError("over_seeds needs at least one seed")
+        pairs = [(name, s) for name in fns for s in seeds]
+        answers = run_all([partial(self._counted, fns[name], s) for name, s in pairs],
+                          [_run_name(name, s) for name, s in pairs], self.workers)
+        for _, counted in answers:
+            self.origins.update(counted)
+        return {name: SeedRuns(seeds, [run for (n, _), (run, _) in zip(pairs, answers) if n == name]) for name in fns}
+
+    def _counted(self, fn: Callable[[int], dict], seed: int) -> tuple[dict, Counter]:
+        """fn(seed), and the shared runs it trained or read back: counted where the lesson runs, not in a worker."""
+        before = Counter(self.origins)
+        run = fn(seed)
+        counted = Counter(self.origins)
+        counted.subtract(before)
+        self.origins = before
+        return run, counted
 
     def compare(self, a, b, names: tuple[str, str] = ("A", "B"), log: bool = False) -> Comparison:
         """The noise rule (stats.differs: Welch's t on per-seed values) on a against b, kept for results.json.
@@ -167,7 +195,10 @@ class Lesson:
 
     def shared_runs(self, tasks, configs) -> dict:
         """Every config on every task over the lesson's seeds: {(task, config name): SeedRuns of shared runs}."""
-        return {(t, c.name): self.over_seeds(lambda s, t=t, c=c: self.shared_run(t, c, s)) for t in tasks for c in configs}
+        return self.each_over_seeds({(t, c.name): partial(self._shared_run_seed, t, c) for t in tasks for c in configs})
+
+    def _shared_run_seed(self, task_name: str, config, seed: int) -> dict:
+        return self.shared_run(task_name, config, seed)
 
     def base_perplexity(self) -> float:
         """The base's perplexity on the general text, measured as the shared runs measure it along each run."""
@@ -269,11 +300,12 @@ class Lesson:
         from minitune.course.sweep import machine
 
         seconds = time.perf_counter() - self.started
-        m = machine(self.device)
+        m, n = machine(self.device), workers_wanted(self.workers)
+        workers = f"{n} worker{'s' if n > 1 else ''} of one torch thread"
         self.results.update(lesson=self.number, title=self.title, quick=self.quick, base=str(self.base),
                             device=self.device, seconds=round(seconds, 1), origins=dict(self.origins),
-                            machine=f"{m['processor']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
-                                    f"torch {m['torch']}", date=time.strftime("%Y-%m-%d"))
+                            machine=f"{m['processor']}, {m['cpus']} CPUs, {workers}, torch {m['torch']}",
+                            date=time.strftime("%Y-%m-%d"))
         atomic_write_json(self.out / "results.json", self.results)
         page = self.write_page() if self.docs and self.source else None
         print(f"\nLesson {self.number} took {seconds:.0f}s; every number above is in {self.out / 'results.json'}"
@@ -336,12 +368,10 @@ class SeedRuns:
         return {k: self[k] for k in keys}
 
 
-def over_seeds(fn: Callable[[int], dict], seeds: Sequence[int] = SEEDS) -> SeedRuns:
-    """Call fn(seed) once per seed (fn returns a dict of numbers) and keep every run."""
-    seeds = tuple(seeds)
-    if not seeds:
-        raise ValueError("over_seeds needs at least one seed")
-    return SeedRuns(seeds, [fn(s) for s in seeds])
+def _run_name(name, seed: int) -> str:
+    """'qa / lora / seed 0': how a pool names one run when it reports it."""
+    parts = name if isinstance(name, tuple) else (name,)
+    return " / ".join([*(f"{p:g}" if isinstance(p, float) else str(p) for p in parts if p != ""), f"seed {seed}"])
 
 
 def plain(obj):
@@ -359,28 +389,6 @@ def plain(obj):
 
 def _is_real(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def and_list(items: Sequence[str], empty: str = "none") -> str:
-    """'a', 'a and b', 'a, b and c' (or `empty`): names in a sentence. Items that hold commas themselves
-    (a name with its numbers) are joined by semicolons: 'a (1, 2); b (3, 4)'."""
-    items = list(items)
-    if not items:
-        return empty
-    if any("," in item for item in items):
-        return "; ".join(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def best_per_task(runs: dict, tasks: Sequence[str], names: Sequence[str], key: str = "score") -> tuple[dict, str]:
-    """For each task, the strategy with the best mean `key` and those the noise rule cannot tell from it
-    (runs: {(task, strategy): SeedRuns}): the stats.Best per task, and the sentence that says it."""
-    best = {t: best_of({s: runs[(t, s)][key] for s in names}) for t in tasks}
-    sentence = "Best test score per task, with every strategy the noise rule cannot tell from it: " + "; ".join(
-        f"{t}: {b.best} ({runs[(t, b.best)][key].mean:.3f})"
-        + (f", tied with {and_list([s for s in b.tied if s != b.best])}" if len(b.tied) > 1 else ", ahead of all")
-        for t, b in best.items()) + "."
-    return best, sentence
 
 
 def held_out_text(target_bytes: int) -> list[str]:

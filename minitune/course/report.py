@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from minitune.memory import human_bytes
-from minitune.course.stats import SeedValues, Comparison, number_spec
+from minitune.course.stats import SeedValues, Comparison, best_of, number_spec
 
 VERDICTS = ("agrees", "contradicts", "not told apart")
 
@@ -168,3 +169,25 @@ def chapter_page(source: str, blocks: list[tuple[int, str]], header: str) -> str
     for text in (text for i, (_, text) in enumerate(blocks) if i not in placed):
         add(text)
     return "\n\n".join(parts) + "\n"
+
+
+def and_list(items: Sequence[str], empty: str = "none") -> str:
+    """'a', 'a and b', 'a, b and c' (or `empty`): names in a sentence. Items that hold commas themselves
+    (a name with its numbers) are joined by semicolons: 'a (1, 2); b (3, 4)'."""
+    items = list(items)
+    if not items:
+        return empty
+    if any("," in item for item in items):
+        return "; ".join(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def best_per_task(runs: dict, tasks: Sequence[str], names: Sequence[str], key: str = "score") -> tuple[dict, str]:
+    """For each task, the strategy with the best mean `key` and those the noise rule cannot tell from it
+    (runs: {(task, strategy): SeedRuns}): the stats.Best per task, and the sentence that says it."""
+    best = {t: best_of({s: runs[(t, s)][key] for s in names}) for t in tasks}
+    sentence = "Best test score per task, with every strategy the noise rule cannot tell from it: " + "; ".join(
+        f"{t}: {b.best} ({runs[(t, b.best)][key].mean:.3f})"
+        + (f", tied with {and_list([s for s in b.tied if s != b.best])}" if len(b.tied) > 1 else ", ahead of all")
+        for t, b in best.items()) + "."
+    return best, sentence

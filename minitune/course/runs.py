@@ -25,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from minitune.checkpoint import atomic_write_json
 from minitune.data.tasks import load_task
 from minitune.errors import ConfigError
-from minitune.evaluate import HEADLINE_METRIC, classify_scores, evaluate_task, perplexity
+from minitune.evaluate import HEADLINE_METRIC, evaluate_task, perplexity
 from minitune.memory import file_size
 from minitune.pretrain import runs_dir
 from minitune.strategies import base_unchanged
@@ -79,11 +80,9 @@ def shared_run(base: str | Path, task_name: str, config, seed: int, budget: Budg
     over the labels), best_val_loss, lr, trainable and total (parameter counts), train_seconds, file (bytes of the saved trainable tensors), base_intact (is every tensor of the base
     bitwise what it was: true of PEFT, never of full fine-tuning), general_ppl (at the best checkpoint, if
     `general`), history (one record per evaluation: step, val_loss, train_seconds, general_ppl) and run
-    (the run folder, whose best/ holds the trained tensors), and trained (False when read back from the cache).
+    (the run folder, whose best/ holds the trained tensors), seconds (wall seconds by part: load, train,
+    evaluations along the run, test score, ...; minitune.course.timing) and trained (False when read back).
     """
-    from minitune.finetune import finetune, supervised
-    from minitune.pretrain import load_run
-
     if task_name not in HEADLINE_METRIC:
         raise ConfigError(f"unknown task {task_name!r}: shared runs exist for {sorted(HEADLINE_METRIC)}")
     base = Path(base)
@@ -95,6 +94,22 @@ def shared_run(base: str | Path, task_name: str, config, seed: int, budget: Budg
     if (folder / "scores.json").is_file():
         return json.loads((folder / "scores.json").read_text()) | {"run": str(folder), "trained": False}
 
+    try:
+        scores = _train_and_score(base, task_name, config, seed, budget, device, general, quiet, lr, folder)
+    except BaseException:  # stopped (Ctrl-C, a pool's SIGTERM) or failed: leave no unfinished run behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return scores | {"run": str(folder), "trained": True}
+
+
+def _train_and_score(base: Path, task_name: str, config, seed: int, budget: Budget, device: str,
+                     general: list[str] | None, quiet: bool, lr: float | None, folder: Path) -> dict:
+    """shared_run's work: fine-tune into `folder`, score on test, write scores.json last. The seconds
+    each part took go in scores["seconds"] (a run's evaluation costs beside its training)."""
+    from minitune.finetune import finetune, supervised
+    from minitune.pretrain import load_run
+
+    clock = Clock()
     task = budget.task(task_name)
     fresh_base, general_enc, _ = load_run(base)  # to check the base after training, and to read the general text
 
@@ -103,29 +118,55 @@ def shared_run(base: str | Path, task_name: str, config, seed: int, budget: Budg
 
     if folder.exists():  # a run that stopped half-way: start it again
         shutil.rmtree(folder)
+    clock.lap("load")
     model, enc, out = finetune(base, task, config, folder, max_steps=budget.steps, batch_size=budget.batch_size,
                                lr=lr, seed=seed, device=device, eval_every=budget.eval_every, quiet=quiet,
                                checkpoint_every=0, on_eval=watch if general else None)
     run = json.loads((out / "run.json").read_text())
+    train_seconds = run["history"][-1]["train_seconds"]
+    clock.split("evaluations along the run", train=train_seconds)  # and finetune's setup and saving
     metric = HEADLINE_METRIC[task_name]
     result = evaluate_task(model, enc, task, limit=budget.limit(task_name), device=device)
+    clock.lap("test score")
     test = supervised(task, "test", enc, model.max_input_tokens, budget.batch_size)
     scores = {"task": task_name, "strategy": config.name, "seed": seed, "metric": metric, "score": result[metric],
-            "n": result["n"], "test_loss": evaluate_loss(model, test.eval_batches(), device),
-            "best_val_loss": run["best_val_loss"], "lr": run["train"]["lr"],
-            "trainable": run["trainable_params"], "total": run["total_params"],
-            "train_seconds": run["history"][-1]["train_seconds"],
-            "file": file_size(out / "best" / "trainable.safetensors"),
-            "base_intact": base_unchanged(model, fresh_base),  # every base tensor bitwise as loaded
-            "history": [{k: r[k] for k in ("step", "val_loss", "train_seconds", "general_ppl") if k in r}
-                        for r in run["history"]]}
+              "n": result["n"], "test_loss": evaluate_loss(model, test.eval_batches(), device),
+              "best_val_loss": run["best_val_loss"], "lr": run["train"]["lr"],
+              "trainable": run["trainable_params"], "total": run["total_params"],
+              "train_seconds": train_seconds,
+              "file": file_size(out / "best" / "trainable.safetensors"),
+              "base_intact": base_unchanged(model, fresh_base),  # every base tensor bitwise as loaded
+              "history": [{k: r[k] for k in ("step", "val_loss", "train_seconds", "general_ppl") if k in r}
+                          for r in run["history"]]}
     if task.kind == "classification":  # a continuous score beside accuracy, for when accuracy saturates
-        scores["label_loss"] = classify_scores(model, enc, task.test, task.labels, device=device)[1]["label loss"]
-    if general:
-        scores["general_ppl"] = perplexity(model, enc, general, max_batches=budget.general_batches)
+        scores["label_loss"] = result["label_loss"]
+    clock.lap("test loss and checks")
+    if general:  # the kept checkpoint's, as its own evaluation measured it (the first lowest validation loss)
+        scores["general_ppl"] = min(run["history"], key=lambda r: r["val_loss"])["general_ppl"]
     shutil.rmtree(out / "last", ignore_errors=True)  # best/ is what the lessons load
-    atomic_write_json(folder / "scores.json", scores)
-    return scores | {"run": str(folder), "trained": True}
+    clock.lap("saving")
+    atomic_write_json(folder / "scores.json", scores | {"seconds": clock.seconds})
+    return scores | {"seconds": clock.seconds}
+
+
+class Clock:
+    """Wall seconds by part of a run: lap(name) ends a part; split() divides one part into named pieces."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self.last, 3)
+        self.last = now
+
+    def split(self, name: str, **pieces: float) -> None:
+        """End a part made of the given pieces; what the pieces leave of its time is `name`'s own."""
+        self.lap(name)
+        total = self.seconds.pop(name)
+        self.seconds.update({k: round(v, 3) for k, v in pieces.items()})
+        self.seconds[name] = round(max(0.0, total - sum(pieces.values())), 3)
 
 
 def common_target(runs: list[dict]) -> float:

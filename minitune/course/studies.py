@@ -5,6 +5,7 @@ and measures each value over the lesson's seeds:
 
     task = study_task(lesson, "topic")                             # train 1000 / validation 100 / test 300
     runs = fine_tune_seeds(lesson, task, AdapterConfig(bottleneck=4), "m4")   # SeedRuns, one run per seed
+    widths = fine_tune_each(lesson, task, {m: AdapterConfig(bottleneck=m) for m in (4, 16)})  # all side by side
     runs["label loss"]                                             # a SeedValues: '0.412 ± 0.031'
     choice = choose_rate(lesson, task, PromptTuningConfig(n_tokens=5), (0.03, 0.1, 0.3), "n5")
     choice.rate, choice.tied, choice.runs[choice.rate]             # picked on validation; test scores beside
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from minitune.course.runs import Budget
@@ -61,7 +63,7 @@ def validation_batches(task, enc, model):
     return supervised(task, "validation", enc, model.max_input_tokens, BATCH, max_eval_examples=200)
 
 
-def fine_tune(lesson: Lesson, task, config, name: str, seed: int = 0, lr: float | None = None,
+def fine_tune(lesson: Lesson, task, config, seed: int = 0, lr: float | None = None,
               base: str | Path | None = None, measure: Measure | None = None) -> dict:
     """One fine-tuning run at the standard budget, as a shared run (minitune.course.runs: the same run, and the
     same numbers, as any other lesson that trains this setting): its scores, counts and loss history.
@@ -81,9 +83,19 @@ def fine_tune(lesson: Lesson, task, config, name: str, seed: int = 0, lr: float 
 
 def fine_tune_seeds(lesson: Lesson, task, config, name: str, lr: float | None = None,
                     base: str | Path | None = None, measure: Measure | None = None) -> SeedRuns:
-    """fine_tune once per lesson seed (run folders name-seed0, name-seed1, ...)."""
-    return lesson.over_seeds(lambda s: fine_tune(lesson, task, config, f"{name}-seed{s}", seed=s, lr=lr, base=base,
-                                                 measure=measure))
+    """fine_tune once per lesson seed, the seeds side by side (the lesson's pool of workers)."""
+    return fine_tune_each(lesson, task, {name: config}, lr=lr, base=base, measure=measure)[name]
+
+
+def fine_tune_each(lesson: Lesson, task, configs: Mapping, lr: float | None = None,
+                   base: str | Path | None = None, measure: Measure | None = None) -> dict:
+    """{name: config}: fine_tune every config once per lesson seed, all side by side: {name: SeedRuns}."""
+    return lesson.each_over_seeds({name: partial(_fine_tune_seed, lesson, task, config, lr, base, measure)
+                                   for name, config in configs.items()})
+
+
+def _fine_tune_seed(lesson: Lesson, task, config, lr, base, measure, seed: int) -> dict:
+    return fine_tune(lesson, task, config, seed=seed, lr=lr, base=base, measure=measure)
 
 
 def start_loss(lesson: Lesson, task, config, seed: int = 0, base: str | Path | None = None,
@@ -133,9 +145,12 @@ def pick_rate(val_losses: Mapping[float, SeedValues | Sequence[float]]) -> tuple
 
 def choose_rate(lesson: Lesson, task, config, rates: Sequence[float], name: str,
                 done: Mapping[float, SeedRuns] | None = None) -> RateChoice:
-    """Fine-tune `config` at each rate over the seeds (reusing `done` runs) and pick one on validation."""
-    runs = {lr: (done or {}).get(lr) or fine_tune_seeds(lesson, task, config, f"{name}-lr{lr:g}", lr=lr)
-            for lr in rates}
+    """Fine-tune `config` at each rate over the seeds, side by side (reusing `done` runs), and pick one on
+    validation."""
+    done = dict(done or {})
+    new = lesson.each_over_seeds({lr: partial(_fine_tune_seed, lesson, task, config, lr, None, None)
+                                  for lr in rates if lr not in done})
+    runs = {lr: done[lr] if lr in done else new[lr] for lr in rates}
     rate, tied, pick = pick_rate({lr: r["val loss"] for lr, r in runs.items()})
     return RateChoice(rate, tied, runs, pick)
 

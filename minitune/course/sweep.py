@@ -36,8 +36,9 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from minitune.errors import ConfigError, TrainingError
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import RUN, finetune
 from minitune.pretrain import runs_dir
+from minitune.course.pool import run_all, workers_wanted
 from minitune.course.stats import ALPHA, SeedValues, best_of, differs
 from minitune.strategies import STRATEGIES
 from minitune.train import resolve_device
@@ -191,21 +193,24 @@ def choose(runs: list[dict], rates: Sequence[float], default: float, metric: str
 # --- the sweep -------------------------------------------------------------------------------------------------
 
 def run_sweep(base: str | Path, settings: SweepSettings, out: str | Path | None = None, device: str = "auto",
-              command: str | None = None, log: Callable[[str], None] | None = None) -> dict:
+              command: str | None = None, workers: int | None = None) -> dict:
     """Run every family x strategy x rate x seed, choose each rate, write sweep.json and sweep.md; returns all."""
     base, device = Path(base), str(resolve_device(device))
-    log = log or (lambda line: print(line, flush=True))
     out = Path(out) if out is not None else runs_dir() / ("sweep-quick" if settings.quick else "sweep")
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     tasks = {f: sweep_task(f, settings) for f in settings.families}
     rates = {(f, s): grid(current_default(s, f), settings.span) for f in settings.families for s in settings.strategies}
     plan = [(f, s, lr, seed) for (f, s), grid_ in rates.items() for lr in grid_ for seed in settings.seeds]
-    runs = []
-    for i, (family, name, lr, seed) in enumerate(plan, 1):
+
+    def point(i: int, family: str, name: str, lr: float, seed: int) -> dict:  # one run, in a worker of the pool
         task = tasks[family]
         r = run_point(base, task, strategy_config(name, settings), lr, seed, settings, device)
-        runs.append({"family": family, "task": task.name, "strategy": name, "lr": lr, "seed": seed, **r})
-        log(_progress(i, len(plan), runs[-1], time.perf_counter() - t0))
+        run = {"family": family, "task": task.name, "strategy": name, "lr": lr, "seed": seed, **r}
+        print(_progress(i, len(plan), run, time.perf_counter() - t0), flush=True)  # printed in the plan's order
+        return run
+
+    runs = run_all([partial(point, i, *p) for i, p in enumerate(plan, 1)],
+                   [f"{f} / {s} / lr {lr:g} / seed {seed}" for f, s, lr, seed in plan], workers)
     results = []
     for family in settings.families:
         metric = HEADLINE_METRIC[tasks[family].name]
@@ -222,7 +227,8 @@ def run_sweep(base: str | Path, settings: SweepSettings, out: str | Path | None 
                       "validation": len(t.validation)} for f, t in tasks.items()},
         "selection": "lowest mean validation loss; the current default is kept unless beaten beyond noise "
                      f"(Welch t over seeds, two-sided p < {ALPHA}); a rate with any diverged seed is not chosen",
-        "machine": machine(device), "started": started.isoformat(timespec="seconds"),
+        "machine": machine(device) | {"workers": workers_wanted(workers), "threads_per_run": 1},
+        "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1), "runs": runs, "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +241,7 @@ def _progress(i: int, total: int, run: dict, elapsed: float) -> str:
     metric = HEADLINE_METRIC[run["task"]]
     what = ("diverged" if run["diverged"] else
             f"val loss {run['val_loss']:.3f}, {metric} {run[metric]:.3f}")
-    left = elapsed / i * (total - i)
+    left = elapsed / i * (total - i)  # runs finish out of order in a pool: a rough guess
     return (f"[{i:>{len(str(total))}}/{total}] {run['family']:<14} {run['task']:<9} {run['strategy']:<7} "
             f"lr {run['lr']:<7g} seed {run['seed']}: {what}  ({run['seconds']:.1f}s; ~{left / 60:.0f} min left)")
 

@@ -118,6 +118,8 @@ class SupervisedBatches:
         return self._collate([self.rows[int(self._perm(p // n)[p % n])] for p in positions])
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rows = self.rows[: self.max_eval_examples]
+        """The (first max_eval_examples) examples once each, shortest first: rows of like length share a
+        batch, so little of it is padding (a loss summed over every target does not depend on the order)."""
+        rows = sorted(self.rows[: self.max_eval_examples], key=lambda row: len(row[0]))
         for start in range(0, len(rows), self.batch_size):
             yield self._collate(rows[start : start + self.batch_size])

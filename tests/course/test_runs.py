@@ -14,7 +14,8 @@ QUICK = Budget.for_mode(quick=True)
 
 
 KEYS = {"task", "strategy", "seed", "metric", "score", "n", "test_loss", "best_val_loss", "lr", "trainable", "total",
-        "train_seconds", "file", "base_intact", "history", "general_ppl", "run", "trained"}
+        "train_seconds", "file", "base_intact", "history", "general_ppl", "seconds", "run", "trained"}
+PARTS = {"load", "train", "evaluations along the run", "test score", "test loss and checks", "saving"}
 
 
 def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tmp_path, monkeypatch, capsys):
@@ -26,7 +27,7 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     assert first["lr"] == LoRAConfig.default_lr and first["base_intact"] is True
     assert first["train_seconds"] == first["history"][-1]["train_seconds"]
     best = min(first["history"], key=lambda r: r["val_loss"])  # the kept checkpoint is the best evaluation's
-    assert first["best_val_loss"] == best["val_loss"] and first["general_ppl"] == pytest.approx(best["general_ppl"])
+    assert first["best_val_loss"] == best["val_loss"] and first["general_ppl"] == best["general_ppl"]
     run = Path(first["run"])
     assert (run / "best" / "trainable.safetensors").stat().st_size == first["file"]
     assert not (run / "last").exists() and not (run / "resume.pt").exists()  # only what the lessons load is kept
@@ -37,6 +38,8 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     assert all(r["general_ppl"] > 1 for r in first["history"])
     seconds = [r["train_seconds"] for r in first["history"]]
     assert seconds == sorted(seconds) and seconds[0] > 0
+    assert set(first["seconds"]) == PARTS and first["seconds"]["train"] == first["train_seconds"]
+    assert all(v >= 0 for v in first["seconds"].values())
 
     import minitune.finetune
     monkeypatch.setattr(minitune.finetune, "finetune", lambda *a, **k: pytest.fail("a cached cell was trained again"))
@@ -45,6 +48,19 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     named = shared_run(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path,
                       lr=LoRAConfig.default_lr)  # the default rate named is the same cell, in the same folder
     assert not named.pop("trained") and named == first
+
+
+def test_a_run_stopped_half_way_leaves_no_folder(nano_run, tmp_path, monkeypatch):
+    import minitune.finetune
+
+    def stopped(base, task, config, folder, **kw):  # Ctrl-C (or a pool's SIGTERM) after training began
+        (Path(folder) / "best").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minitune.finetune, "finetune", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        shared_run(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, cache=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cells_that_differ_in_anything_get_their_own_folders(nano_run, tmp_path, monkeypatch):

@@ -198,6 +198,7 @@ def test_over_seeds_runs_each_seed_once_and_summarises_each_measure(tmp_path):
     from minitune.course.lesson import QUICK_SEEDS, SEEDS
 
     lesson = _lesson(tmp_path)
+    lesson.workers = 1  # in this process, so the calls can be counted here (tests/course/test_pool.py: side by side)
     calls = []
     runs = lesson.over_seeds(lambda seed: calls.append(seed) or {"accuracy": 0.5 + seed / 10, "name": "x"},
                              seeds=(0, 1, 2))

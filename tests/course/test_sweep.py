@@ -98,7 +98,7 @@ def test_quick_sweep_through_the_cli_records_everything(nano_run, tmp_path, monk
     monkeypatch.setattr(sweep_module, "evaluate_task",
                         lambda *a, **k: splits.append(a[3] if len(a) > 3 else k["split"]) or real(*a, **k))
     out = tmp_path / "sweep"
-    assert main(["sweep", "--quick", "--base", str(nano_run), "--out", str(out)]) == 0
+    assert main(["sweep", "--quick", "--base", str(nano_run), "--out", str(out), "--workers", "1"]) == 0  # here: counted
     record = json.loads((out / "sweep.json").read_text())
     assert (out / "sweep.md").is_file() and read_sweep(out) == record
     s = SweepSettings.for_mode(True)
@@ -120,8 +120,8 @@ def test_quick_sweep_through_the_cli_records_everything(nano_run, tmp_path, monk
 def test_the_same_command_gives_the_same_numbers(nano_run, tmp_path):
     # Catches: a run seeded from anything but its seed (the clock, a shared generator left in some state).
     s = SweepSettings.for_mode(True, strategies=("lora", "prompt"), families=("classification",))
-    first = run_sweep(nano_run, s, tmp_path / "a", device="cpu", log=lambda line: None)
-    second = run_sweep(nano_run, s, tmp_path / "b", device="cpu", log=lambda line: None)
+    first = run_sweep(nano_run, s, tmp_path / "a", device="cpu")
+    second = run_sweep(nano_run, s, tmp_path / "b", device="cpu")
     key = lambda r: (r["strategy"], r["lr"], r["seed"], r["val_loss"], r["accuracy"])  # noqa: E731
     assert [key(r) for r in first["runs"]] == [key(r) for r in second["runs"]]
     assert len({r["val_loss"] for r in first["runs"] if r["strategy"] == "lora"}) > 1  # seeds and rates matter
