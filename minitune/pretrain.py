@@ -250,7 +250,15 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
         from minitune.interop import load_hf_gpt2
 
         tokenizer = str(path) if (path / "vocab.json").is_file() else "gpt2"
-        return load_hf_gpt2(path, device), get_tokenizer(tokenizer), {"tokenizer": tokenizer, "hf_checkpoint": True}
+        model, enc = load_hf_gpt2(path, device), get_tokenizer(tokenizer)
+        if enc.n_vocab > model.config.vocab_size:
+            source = path / "vocab.json" if tokenizer != "gpt2" else "tiktoken's gpt2 encoding"
+            raise CheckpointError(
+                f"{source} has {enc.n_vocab} tokens, but the model in {path} has an embedding of "
+                f"{model.config.vocab_size} rows (config.json's vocab_size): ids from {model.config.vocab_size} up "
+                f"would have no row. Use the vocab.json and merges.txt that were trained with these weights"
+            )
+        return model, enc, {"tokenizer": tokenizer, "hf_checkpoint": True}
     model, meta = load_model(path, device)
     return model, get_tokenizer(meta.get("tokenizer", "minitune")), meta
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import regex
 import tiktoken
-import tiktoken.load
 
 from minitune.errors import TokenizerError
 
@@ -130,21 +129,143 @@ def build_builtin_tokenizer(path: str | Path = BUILTIN_RANKS, corpus_bytes: int 
     return Path(path)
 
 
+def gpt2_byte_chars() -> list[tuple[str, int]]:
+    """How GPT-2's files spell the 256 bytes, in the order of their ids 0-255: every printable byte other
+    than space stands for itself; the other 68 are written chr(256), chr(257), ... in byte order (so a
+    space is 'Ġ' and a newline 'Ċ')."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    return [(chr(b), b) for b in printable] + [(chr(256 + n), b) for n, b in enumerate(others)]
+
+
 def gpt2_from_files(directory: str | Path) -> tiktoken.Encoding:
-    """GPT-2's tokenizer from a local Hugging Face checkpoint folder (`vocab.json` + `merges.txt`)."""
+    """GPT-2's tokenizer from a local Hugging Face checkpoint folder (`vocab.json` + `merges.txt`).
+
+    The files are parsed here, every time, as they are on disk now (no cache). GPT-2's layout is checked:
+    ids 0-255 are the bytes in GPT-2's order, the merge on the k-th line makes the token with id 255 + k,
+    and <|endoftext|> comes last. tiktoken ranks merges by token id, so a vocabulary in another order
+    would encode differently from the model's training; each way a file can be off is named.
+    """
     directory = Path(directory)
-    vocab, merges = directory / "vocab.json", directory / "merges.txt"
-    for f in (vocab, merges):
+    vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
+    for f in (vocab_file, merges_file):
         if not f.is_file():
             raise TokenizerError(f"{directory} has no {f.name}: a GPT-2 tokenizer needs vocab.json and merges.txt")
+    vocab = _read_vocab(vocab_file)
+    merges = _read_merges(merges_file)
+    ranks = _gpt2_ranks(vocab, merges, vocab_file, merges_file)
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: vocab[EOT]})
+
+
+def _read_text(path: Path) -> str:
     try:
-        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(merges), str(vocab))
-        return tiktoken.Encoding(
-            name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-            special_tokens={EOT: json.loads(vocab.read_text("utf-8"))[EOT]},
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"cannot read {path}: {e}") from e
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    """vocab.json: one object from token (in GPT-2's byte spelling) to id, every id used once."""
+    def no_repeats(pairs):
+        seen = {}
+        for token, i in pairs:
+            if token in seen:
+                raise TokenizerError(f"{path}: the token {token!r} is listed twice (ids {seen[token]} and {i})")
+            seen[token] = i
+        return seen
+
+    try:
+        vocab = json.loads(_read_text(path), object_pairs_hook=no_repeats)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(vocab, dict):
+        raise TokenizerError(f"{path} must hold one JSON object from token to id, not a {type(vocab).__name__}")
+    owner: dict[int, str] = {}
+    for token, i in vocab.items():
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise TokenizerError(f"{path}: the id of {token!r} must be a whole number >= 0, not {i!r}")
+        if i in owner:
+            raise TokenizerError(f"{path}: id {i} is given to both {owner[i]!r} and {token!r}")
+        owner[i] = token
+    if EOT not in vocab:
+        raise TokenizerError(
+            f"{path} has no {EOT} entry. GPT-2's tokenizer ends every document with it; add it after the last "
+            f"merge's token (GPT-2's own vocab.json gives it id 50256, the last one)"
         )
-    except (ValueError, KeyError, AssertionError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"cannot build a GPT-2 tokenizer from {directory}: {e!r}") from e
+    return vocab
+
+
+def _read_merges(path: Path) -> list[tuple[int, str, str]]:
+    """merges.txt: an optional '#version' first line, then one merge per line, `left right`, best first.
+    Returns (line number, left, right) for each."""
+    merges = []
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        line = line.removesuffix("\r")
+        if (n == 1 and line.startswith("#version")) or not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise TokenizerError(
+                f"{path}, line {n}: {line!r} is not a merge. Each line names the two tokens it joins, separated "
+                f"by one space, as in 'Ġ t' (GPT-2 spells a space inside a token 'Ġ')"
+            )
+        merges.append((n, parts[0], parts[1]))
+    return merges
+
+
+def _gpt2_ranks(vocab: dict[str, int], merges: list[tuple[int, str, str]], vocab_file: Path,
+                merges_file: Path) -> dict[bytes, int]:
+    """tiktoken's ranks (token bytes -> id) from GPT-2's two files, checking that they agree."""
+    byte_chars = gpt2_byte_chars()
+    byte_of = dict(byte_chars)
+    token_at = {i: token for token, i in vocab.items()}
+
+    def as_bytes(token: str, where: str) -> bytes:
+        for c in token:
+            if c not in byte_of:
+                raise TokenizerError(f"{where}: {token!r} holds {c!r} (U+{ord(c):04X}), which is not one of "
+                                     f"the 256 characters GPT-2's files spell bytes with")
+        return bytes(byte_of[c] for c in token)
+
+    ranks: dict[bytes, int] = {}
+    for i, (c, b) in enumerate(byte_chars):
+        if vocab.get(c) != i:
+            found = f"the file gives id {i} to {token_at[i]!r}" if i in token_at else f"the file has no id {i}"
+            raise TokenizerError(
+                f"{vocab_file} is not in GPT-2's byte order: ids 0-255 must be the 256 byte tokens in GPT-2's "
+                f"order, and the first that disagrees is id {i}, which should be {c!r} (byte 0x{b:02x}); "
+                f"{found}, and {c!r} " + (f"has id {vocab[c]}" if c in vocab else "is missing") + f". {EOT} has id {vocab[EOT]}. Vocabularies that put "
+                f"special tokens first (Hugging Face's `tokenizers` does) must be renumbered: the 256 bytes, then "
+                f"one token per line of merges.txt in order, then {EOT}"
+            )
+        ranks[bytes([b])] = i
+    for rank, (line, left, right) in enumerate(merges, start=len(ranks)):
+        where = f"{merges_file}, line {line}"
+        for part in (left, right):
+            if as_bytes(part, where) not in ranks:
+                raise TokenizerError(f"{where} joins {part!r}, which no byte or earlier line makes")
+        token = left + right
+        if vocab.get(token) != rank:
+            given = f"gives it id {vocab[token]}" if token in vocab else "has no such token"
+            raise TokenizerError(
+                f"{where} merges {left!r} + {right!r} into {token!r}; as merge number {rank - 255} it must make id "
+                f"{rank}, but {vocab_file} {given}. The n-th merge's result must have id 255 + n"
+            )
+        if as_bytes(token, where) in ranks:
+            raise TokenizerError(f"{where} makes {token!r} again: a byte or an earlier line already makes it")
+        ranks[as_bytes(token, where)] = rank
+    others = sorted((i, t) for t, i in vocab.items() if i >= len(ranks) and t != EOT)
+    if others:
+        i, token = others[0]
+        raise TokenizerError(
+            f"{vocab_file} has {len(others)} {'entry' if len(others) == 1 else 'entries'} that no byte or merge "
+            f"makes, the first {token!r} (id {i}). "
+            f"A GPT-2 vocabulary is the 256 bytes, one token per merge and {EOT}; drop the others"
+        )
+    if vocab[EOT] != len(ranks):
+        raise TokenizerError(f"{vocab_file}: {EOT} has id {vocab[EOT]}; after 256 bytes and {len(merges)} merges "
+                             f"it must be the next id, {len(ranks)}")
+    return ranks
 
 
 @lru_cache(maxsize=None)

@@ -20,6 +20,7 @@ from minitune.interop import load_hf_gpt2, save_hf_gpt2
 from minitune.model import GPT, GPTConfig
 from minitune.strategies import AdapterConfig, PromptTuningConfig, apply_strategy, merge
 from minitune.strategies.lora import lora_layers
+from gpt2_files import write_gpt2_files
 from strategy_cases import D, H, L, T, V, hf_logits, hf_model, logits, lora_model, random_gpt, report_diff
 
 HF_CONFIG = dict(model_type="gpt2", vocab_size=V, n_positions=T, n_ctx=T, n_layer=L, n_head=H, n_embd=D,
@@ -256,24 +257,25 @@ def test_parity_minitune_to_transformers_from_pretrained(tmp_path):
     assert report_diff("minitune -> HF", hf_logits(hf), logits(model)) < 1e-4
 
 
+def test_a_vocabulary_larger_than_the_models_embedding_is_refused(tmp_path):
+    from minitune.pretrain import load_run
+
+    save_hf_gpt2(GPT(GPTConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=16)), tmp_path)
+    write_gpt2_files(tmp_path, [("h", "e")])  # 258 tokens
+    with pytest.raises(CheckpointError, match="vocab.json has 258 tokens, but the model in .* has an embedding of "
+                                              "257 rows"):
+        load_run(tmp_path)
+
+
 def test_a_gpt2_checkpoint_folder_is_a_base_for_finetune_and_lessons(tmp_path):
     """`--base PATH` takes a GPT-2 checkpoint folder: the model through load_hf_gpt2, GPT-2's tokenizer from
     the folder's vocab.json + merges.txt (here a small one in GPT-2's layout)."""
-    import json as _json
-
     from minitune.cli import main
     from minitune.pretrain import load_run
-    from minitune.tokenizer import EOT
 
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    others = [b for b in range(256) if b not in printable]
-    chars = {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
-    vocab = {chars[b]: i for i, b in enumerate(sorted(range(256), key=lambda b: ord(chars[b])))}
-    vocab[EOT] = 256
     torch.manual_seed(0)
     save_hf_gpt2(GPT(GPTConfig(vocab_size=257, block_size=128, n_layer=1, n_head=2, n_embd=16)), tmp_path / "gpt2")
-    (tmp_path / "gpt2" / "vocab.json").write_text(_json.dumps(vocab))
-    (tmp_path / "gpt2" / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    write_gpt2_files(tmp_path / "gpt2", [])
     model, enc, meta = load_run(tmp_path / "gpt2")
     assert meta["hf_checkpoint"] and enc.n_vocab == 257 and model.config.vocab_size == 257
     assert main(["finetune", "--base", str(tmp_path / "gpt2"), "--task", "qa", "--strategy", "lora", "--r", "2",

@@ -9,6 +9,8 @@ import tiktoken.load
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpt2_files import write_gpt2_files
+
 from minitune.errors import TokenizerError
 from minitune.tokenizer import (
     BUILTIN_VOCAB_SIZE, EOT, encoding_from_ranks, get_tokenizer, read_ranks, train_bpe, word_counts, write_ranks,
@@ -73,26 +75,101 @@ def test_gpt2_unavailable_says_how_to_provide_it(monkeypatch):
         get_tokenizer("gpt2")
 
 
-def gpt2_byte_chars() -> dict[int, str]:
-    """GPT-2's files write each byte as a printable stand-in: printable non-space bytes as themselves,
-    the other 68 as chr(256), chr(257), ... in byte order (a space becomes 'Ġ')."""
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    others = [b for b in range(256) if b not in printable]
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
-
-
 def test_gpt2_from_a_checkpoint_folder(tmp_path):
-    # A small vocabulary in GPT-2's layout: the 256 bytes in GPT-2's order, then two merges.
-    chars = gpt2_byte_chars()
-    order = sorted(range(256), key=lambda b: ord(chars[b]))
-    vocab = {chars[b]: i for i, b in enumerate(order)}
-    vocab.update({"he": 256, "\u0120he": 257, EOT: 258})
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\nh e\n\u0120 he\n", encoding="utf-8")
+    write_gpt2_files(tmp_path, [("h", "e"), ("\u0120", "he")])
     enc = get_tokenizer(str(tmp_path))
     assert enc.encode("he he") == [256, 257]
     assert enc.eot_token == 258
     assert enc.decode(enc.encode("hello, world")) == "hello, world"
+
+
+def test_files_replaced_in_the_same_folder_are_read_as_they_are_now(tmp_path):
+    # A newer checkpoint copied over an older one: the second load must see the new vocabulary.
+    write_gpt2_files(tmp_path, [("h", "e")])
+    assert get_tokenizer(str(tmp_path)).encode("hell") == [256, ord("l") - 33, ord("l") - 33]
+    write_gpt2_files(tmp_path, [("l", "l"), ("e", "ll")])
+    enc = get_tokenizer(str(tmp_path))
+    assert enc.n_vocab == 259
+    assert enc.encode("hell") == [ord("h") - 33, 257]
+
+
+def test_gpt2_ranks_match_tiktokens_own_loader(tmp_path):
+    # tiktoken's loader (read here from a fresh path, so its cache cannot answer) is the reference reading.
+    merges = [("h", "e"), ("l", "l"), ("he", "ll"), ("\u0120", "w"), ("o", "r"), ("\u0120w", "or"), ("\u010a", "\u010a")]
+    write_gpt2_files(tmp_path, merges)
+    ours = get_tokenizer(str(tmp_path))
+    theirs = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(tmp_path / "merges.txt"), str(tmp_path / "vocab.json"))
+    assert ours._mergeable_ranks == theirs
+    text = "hello world\n\nhell or worn"
+    assert ours.decode(ours.encode(text)) == text and ours.encode(" world")[0] == 261
+
+
+def _bad(tmp_path, match):
+    with pytest.raises(TokenizerError, match=match) as e:
+        get_tokenizer(str(tmp_path))
+    return str(e.value)
+
+
+def test_special_tokens_first_is_named_with_the_first_disagreeing_entry(tmp_path):
+    # What Hugging Face's tokenizers writes by default: the special token takes id 0, the bytes follow.
+    vocab = write_gpt2_files(tmp_path, [("h", "e")])
+    vocab = {EOT: 0, **{t: i + 1 for t, i in vocab.items() if t != EOT}}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    message = _bad(tmp_path, "vocab.json is not in GPT-2's byte order")
+    assert "id 0, which should be '!' (byte 0x21)" in message
+    assert f"gives id 0 to '{EOT}'" in message and "'!' has id 1" in message and f"{EOT} has id 0" in message
+
+
+def test_a_merge_whose_token_has_another_id(tmp_path):
+    vocab = write_gpt2_files(tmp_path, [("h", "e"), ("l", "l")])
+    vocab["he"], vocab["ll"] = vocab["ll"], vocab["he"]
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    message = _bad(tmp_path, r"merges.txt, line 2 merges 'h' \+ 'e' into 'he'")
+    assert "as merge number 1 it must make id 256" in message and "gives it id 257" in message
+
+
+@pytest.mark.parametrize("line, match", [
+    ("h e x", r"line 3: 'h e x' is not a merge"),
+    ("he", r"line 3: 'he' is not a merge"),
+    ("h  e", r"line 3: 'h  e' is not a merge"),
+    ("h \u00e9\u00e9\u00e9", r"line 3 joins 'ééé', which no byte or earlier line makes"),
+    ("h \u4e00", r"line 3: '一' holds '一' \(U\+4E00\), which is not one of the 256 characters"),
+    ("h e", r"line 3 merges 'h' \+ 'e' into 'he'; as merge number 2 it must make id 257.*gives it id 256"),
+])
+def test_a_bad_merges_line_is_named(tmp_path, line, match):
+    write_gpt2_files(tmp_path, [("h", "e")])
+    with open(tmp_path / "merges.txt", "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    _bad(tmp_path, match)
+
+
+def test_a_missing_end_of_text_token(tmp_path):
+    vocab = write_gpt2_files(tmp_path, [("h", "e")])
+    del vocab[EOT]
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    _bad(tmp_path, f"vocab.json has no {EOT} entry")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda v: {**v, "<pad>": 300}, r"1 entry that no byte or merge makes, the first '<pad>' \(id 300\)"),
+    (lambda v: {**v, EOT: 300}, f"{EOT} has id 300; after 256 bytes and 1 merges it must be the next id, 257"),
+    (lambda v: {**v, "he": 3}, r"id 3 is given to both '\$' and 'he'"),
+    (lambda v: {**v, "he": "256"}, r"the id of 'he' must be a whole number >= 0, not '256'"),
+    (lambda v: [1, 2], "must hold one JSON object from token to id, not a list"),
+])
+def test_a_bad_vocabulary_is_named(tmp_path, edit, match):
+    vocab = write_gpt2_files(tmp_path, [("h", "e")])
+    (tmp_path / "vocab.json").write_text(json.dumps(edit(vocab)), encoding="utf-8")
+    _bad(tmp_path, match)
+
+
+def test_a_vocabulary_with_a_repeated_token_or_broken_json(tmp_path):
+    write_gpt2_files(tmp_path, [("h", "e")])
+    text = (tmp_path / "vocab.json").read_text(encoding="utf-8")
+    (tmp_path / "vocab.json").write_text(text[:-1] + ', "he": 9}', encoding="utf-8")
+    _bad(tmp_path, r"the token 'he' is listed twice \(ids 256 and 9\)")
+    (tmp_path / "vocab.json").write_text(text[:-1], encoding="utf-8")
+    _bad(tmp_path, "vocab.json is not valid JSON")
 
 
 def test_gpt2_folder_missing_files(tmp_path):
