@@ -74,7 +74,20 @@ def headline(records: list[dict]) -> str:
         raise ConfigError(f"lesson {number}'s results hold no table {title!r}: run lesson {number} in full")
     return (f"{title}; lesson {number}, {record['seconds'] / 60:.0f} minutes on {record['machine']}, "
             f"{record['date']} ([the chapter](docs/lessons/{number:02d}.md)):\n\n"
-            f"{markdown_table(rows_back(record['tables'][title]))}\n")
+            f"{markdown_table(rows_back(record['tables'][title]))}\n\n{course_time(records)}\n")
+
+
+def course_time(records: list[dict]) -> str:
+    """What the runs behind the pages took: every lesson's seconds, the total, and where they ran."""
+    total = sum(r["seconds"] for r in records)
+    machines = sorted({f"{r['machine']}, {r['date']}" for r in records})
+    trained = sum(r["origins"].get("trained", 0) for r in records)
+    read = sum(r["origins"].get("read back", 0) for r in records)
+    each = ", ".join(f"{r['lesson']}: {r['seconds']:.0f} s" for r in records)
+    return (f"The full runs behind the chapters took {total / 60:.0f} minutes in all (lessons {each}) on "
+            f"{'; '.join(machines)}. Their {trained + read} fine-tuning runs were {trained} trained and {read} read "
+            f"back from the run cache (a run several chapters share trains once; docs/performance.md has the course's "
+            f"time with its runs one after another).")
 
 
 def replace_between(text: str, begin: str, end: str, new: str, name: str) -> str:

@@ -10,9 +10,10 @@ from minitune.course.stats import differs
 from minitune.errors import ConfigError
 
 
-def record(number, claims, tables=None, quick=False, seconds=60.0):
+def record(number, claims, tables=None, quick=False, seconds=60.0, origins=None):
     return {"lesson": number, "title": f"Title {number}", "quick": quick, "seconds": seconds, "machine": "m",
-            "date": "2026-12-03", "claims": [c.to_dict() for c in claims], "tables": tables or {}, "origins": {}}
+            "date": "2026-12-03", "claims": [c.to_dict() for c in claims], "tables": tables or {},
+            "origins": origins or {}}
 
 
 AGREES = Claim("more is better", "Module 1", differs([3.0, 3.1, 3.2], [1.0, 1.1, 1.2], ("a", "b")), "higher")
@@ -36,13 +37,16 @@ def test_the_claims_page_counts_each_verdict_and_lists_every_claim_in_lesson_ord
 def test_docs_rebuild_the_headline_table_and_nothing_else_in_the_readme(tmp_path):
     number, title = HEADLINE
     rows = [{"task": "qa", "lora FT": {"mean": 0.5, "sd": 0.1, "values": [0.4, 0.5, 0.6], "n": 3}}]
-    write(tmp_path / "docs", record(number, [AGREES], {title: rows}), record(2, [QUESTION]))
+    write(tmp_path / "docs", record(number, [AGREES], {title: rows}, origins={"trained": 5, "read back": 0}),
+          record(2, [QUESTION], origins={"trained": 2, "read back": 2}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{HEADLINE_BEGIN}\nold table\n{HEADLINE_END}\n\n## after\n")
     build_docs(tmp_path / "docs", readme)
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# title") and text.endswith("## after\n")
     assert "| qa | 0.500 ± 0.100 |" in text  # a seed summary prints as mean ± sd again
+    assert "took 2 minutes in all (lessons 1: 60 s, 2: 60 s) on m, 2026-12-03" in text
+    assert "Their 9 fine-tuning runs were 7 trained and 2 read back" in text
     assert AGREES.line() in (tmp_path / "docs" / "claims.md").read_text()
 
 
