@@ -251,9 +251,7 @@ def _gpt2_ranks(vocab: dict[str, int], merges: list[tuple[int, str, str]], vocab
                 f"{where} merges {left!r} + {right!r} into {token!r}; as merge number {rank - 255} it must make id "
                 f"{rank}, but {vocab_file} {given}. The n-th merge's result must have id 255 + n"
             )
-        if as_bytes(token, where) in ranks:
-            raise TokenizerError(f"{where} makes {token!r} again: a byte or an earlier line already makes it")
-        ranks[as_bytes(token, where)] = rank
+        ranks[as_bytes(token, where)] = rank  # never seen before: vocab.json keys are unique and this id is `rank`
     others = sorted((i, t) for t, i in vocab.items() if i >= len(ranks) and t != EOT)
     if others:
         i, token = others[0]

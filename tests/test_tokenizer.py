@@ -78,6 +78,7 @@ def test_gpt2_unavailable_says_how_to_provide_it(monkeypatch):
 def test_gpt2_from_a_checkpoint_folder(tmp_path):
     write_gpt2_files(tmp_path, [("h", "e"), ("\u0120", "he")])
     enc = get_tokenizer(str(tmp_path))
+    assert enc.name == "gpt2"  # the name a base's fingerprint records
     assert enc.encode("he he") == [256, 257]
     assert enc.eot_token == 258
     assert enc.decode(enc.encode("hello, world")) == "hello, world"
@@ -120,6 +121,28 @@ def test_special_tokens_first_is_named_with_the_first_disagreeing_entry(tmp_path
     assert f"gives id 0 to '{EOT}'" in message and "'!' has id 1" in message and f"{EOT} has id 0" in message
 
 
+def test_a_missing_byte_token_is_named(tmp_path):
+    vocab = write_gpt2_files(tmp_path, [("h", "e")])
+    del vocab["!"]
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    _bad(tmp_path, r"id 0, which should be '!' \(byte 0x21\); the file has no id 0, and '!' is missing")
+
+
+def test_merges_without_a_header_or_with_windows_line_ends_keep_every_merge(tmp_path):
+    # Catches: dropping the first line whatever it holds (tiktoken's own loader does), or keeping the "\r".
+    write_gpt2_files(tmp_path, [("h", "e"), ("l", "l")])
+    (tmp_path / "merges.txt").write_text("h e\nl l\n", encoding="utf-8")
+    assert get_tokenizer(str(tmp_path)).encode("hell") == [256, 257]
+    (tmp_path / "merges.txt").write_bytes(b"#version: 0.2\r\nh e\r\nl l\r\n")
+    assert get_tokenizer(str(tmp_path)).encode("hell") == [256, 257]
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    write_gpt2_files(tmp_path, [("h", "e")])
+    (tmp_path / "vocab.json").write_bytes(b'{"\xff": 0}')
+    _bad(tmp_path, "cannot read .*vocab.json: 'utf-8' codec")
+
+
 def test_a_merge_whose_token_has_another_id(tmp_path):
     vocab = write_gpt2_files(tmp_path, [("h", "e"), ("l", "l")])
     vocab["he"], vocab["ll"] = vocab["ll"], vocab["he"]
@@ -134,6 +157,7 @@ def test_a_merge_whose_token_has_another_id(tmp_path):
     ("h  e", r"line 3: 'h  e' is not a merge"),
     ("h \u00e9\u00e9\u00e9", r"line 3 joins 'ééé', which no byte or earlier line makes"),
     ("h \u4e00", r"line 3: '一' holds '一' \(U\+4E00\), which is not one of the 256 characters"),
+    ("l l", r"line 3 merges 'l' \+ 'l' into 'll'; as merge number 2 it must make id 257, but .* has no such token"),
     ("h e", r"line 3 merges 'h' \+ 'e' into 'he'; as merge number 2 it must make id 257.*gives it id 256"),
 ])
 def test_a_bad_merges_line_is_named(tmp_path, line, match):
@@ -152,6 +176,8 @@ def test_a_missing_end_of_text_token(tmp_path):
 
 @pytest.mark.parametrize("edit, match", [
     (lambda v: {**v, "<pad>": 300}, r"1 entry that no byte or merge makes, the first '<pad>' \(id 300\)"),
+    (lambda v: {**v, "<pad>": 257, EOT: 258}, r"1 entry that no byte or merge makes, the first '<pad>' \(id 257\)"),
+    (lambda v: {**v, "<pad>": 300, "<s>": 301}, r"2 entries that no byte or merge makes, the first '<pad>'"),
     (lambda v: {**v, EOT: 300}, f"{EOT} has id 300; after 256 bytes and 1 merges it must be the next id, 257"),
     (lambda v: {**v, "he": 3}, r"id 3 is given to both '\$' and 'he'"),
     (lambda v: {**v, "he": "256"}, r"the id of 'he' must be a whole number >= 0, not '256'"),
