@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from minitune.model import GPTConfig
-from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig
+from minitune.strategies import AdapterConfig, FullConfig, LoRAConfig, PromptTuningConfig, QLoRAConfig
 from minitune.strategies.adapter import PLACEMENTS
 from minitune.train import TrainConfig, autocast_for, make_optimizer
 
@@ -150,7 +150,8 @@ def _trains(strategy, layer: str) -> tuple[bool, int]:
     """(does this linear layer's own weight train, LoRA rank on it or 0) under the strategy."""
     if isinstance(strategy, FullConfig):
         return True, 0
-    if isinstance(strategy, LoRAConfig) and any(layer == t or layer.endswith("." + t) for t in strategy.targets):
+    if isinstance(strategy, (LoRAConfig, QLoRAConfig)) and any(layer == t or layer.endswith("." + t)
+                                                               for t in strategy.targets):
         return False, strategy.r
     return False, 0
 
@@ -194,25 +195,37 @@ def _block(strategy, d: int, h: int, grad_in: bool, count: dict) -> bool:
     return g or g_mlp
 
 
-def activation_count(config: GPTConfig, strategy, batch: int, tokens: int) -> dict[str, int]:
+def activation_count(config: GPTConfig, strategy, batch: int, tokens: int, checkpointed: bool = False) -> dict[str, int]:
     """Elements autograd saves for backward in one training forward pass, by kind (see the module docstring).
 
     `tokens` is the input length; prompt tuning adds its soft-prompt positions. Kinds: resid (residual
     stream), act (other activations, incl. `const` per-layer tensors), stat (LayerNorm and attention
     statistics), logp (log-probabilities), ids (int64 token ids and targets), plus `scalar_bytes`.
+    QLoRA keeps what LoRA keeps (its 4-bit layers dequantise again in backward instead of keeping W).
+
+    checkpointed: the peak under activation checkpointing per block (what Hugging Face's
+    gradient_checkpointing does; this package does not implement it, so these counts are the formula
+    only): the forward pass keeps only each block's input, and backward recomputes one block at a time,
+    so at most one block's saved tensors are alive beside all the blocks' inputs.
     """
     if isinstance(strategy, AdapterConfig) and strategy.train_layernorm:
         raise ValueError("activation_count does not model adapters with trained LayerNorms")
-    if not isinstance(strategy, (FullConfig, LoRAConfig, AdapterConfig, PromptTuningConfig)):
-        raise ValueError(f"activation_count models full, lora, adapter and prompt, not {strategy.name!r}")
+    if not isinstance(strategy, (FullConfig, LoRAConfig, QLoRAConfig, AdapterConfig, PromptTuningConfig)):
+        raise ValueError(f"activation_count models full, lora, qlora, adapter and prompt, not {strategy.name!r}")
     d, h, V = config.n_embd, config.n_head, config.vocab_size
     full = isinstance(strategy, FullConfig)
     positions = tokens + (strategy.n_tokens if isinstance(strategy, PromptTuningConfig) else 0)
-    per_token = {"resid": 0, "act": 0, "stat": 0, "const": 0}
+    blocks = []
     # Into block 0 a gradient is needed if the embeddings (full) or the soft prompt (prompt tuning) train.
     g = full or isinstance(strategy, PromptTuningConfig)
     for _ in range(config.n_layer):
-        g = _block(strategy, d, h, g, per_token)
+        blocks.append({"resid": 0, "act": 0, "stat": 0, "const": 0})
+        g = _block(strategy, d, h, g, blocks[-1])
+    if checkpointed:  # every block's input, and the largest block's own tensors while it is recomputed
+        per_token = dict(max(blocks, key=lambda b: (b["act"] + b["const"], b["resid"], b["stat"])))
+        per_token["resid"] += config.n_layer * d
+    else:
+        per_token = {k: sum(b[k] for b in blocks) for k in blocks[0]}
     if g:
         per_token["resid"] += d  # ln_f's input
         per_token["stat"] += 2
@@ -229,10 +242,12 @@ def activation_count(config: GPTConfig, strategy, batch: int, tokens: int) -> di
     }
 
 
-def activation_bytes(config: GPTConfig, strategy, batch: int, tokens: int, precision: str = "fp32") -> int:
-    """Bytes autograd saves for backward in one training forward pass (fp32, or bf16 autocast)."""
+def activation_bytes(config: GPTConfig, strategy, batch: int, tokens: int, precision: str = "fp32",
+                     checkpointed: bool = False) -> int:
+    """Bytes autograd saves for backward in one training forward pass (fp32, or bf16 autocast); with
+    `checkpointed`, the peak under per-block activation checkpointing (see activation_count)."""
     size = ELEMENT_BYTES[precision]
-    count = activation_count(config, strategy, batch, tokens)
+    count = activation_count(config, strategy, batch, tokens, checkpointed)
     return count.pop("scalar_bytes") + sum(size[k] * n for k, n in count.items())
 
 

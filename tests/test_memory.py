@@ -133,6 +133,7 @@ ACTIVATION_STRATEGIES = [
     FullConfig(), LoRAConfig(r=2, targets=("c_attn",)), LoRAConfig(r=3, targets=("c_attn", "c_fc", "c_proj")),
     LoRAConfig(r=2, targets=("mlp.c_proj",)), AdapterConfig(bottleneck=16),
     AdapterConfig(bottleneck=5, placement="pfeiffer", activation="relu"), PromptTuningConfig(n_tokens=5),
+    QLoRAConfig(r=2, targets=("c_attn", "mlp.c_fc")),  # its 4-bit layers keep no dequantised weight
 ]
 
 
@@ -190,3 +191,21 @@ def test_activations_grow_linearly_with_the_batch():
         one, two = (activation_count(shape, config, B, 32) for B in (1, 2))
         for kind in ("resid", "stat", "logp"):
             assert two[kind] == 2 * one[kind]
+
+
+@pytest.mark.parametrize("config", ALL + [QLoRAConfig(r=4, targets=("c_attn", "mlp.c_proj"))], ids=lambda c: c.name)
+def test_checkpointing_keeps_each_blocks_input_and_one_blocks_tensors(config):
+    # Catches: a checkpointed count that still sums every block, forgets the block inputs it must keep,
+    # or takes the first block (smaller under LoRA and adapters: no gradient flows into it).
+    B, T, d = 2, 24, 16
+    shape = lambda n: GPTConfig(vocab_size=300, block_size=48, n_layer=n, n_head=2, n_embd=d)  # noqa: E731
+    ck = {n: activation_count(shape(n), config, B, T, checkpointed=True) for n in (1, 2, 3, 4)}
+    plain = {n: activation_count(shape(n), config, B, T) for n in (1, 2, 3, 4)}
+    inputs = B * (T + getattr(config, "n_tokens", 0)) * d  # one block's input: the residual stream
+    assert ck[1] == {**plain[1], "resid": plain[1]["resid"] + inputs}
+    for n in (3, 4):  # past the first block, depth adds only the next block's input
+        assert ck[n] == {**ck[n - 1], "resid": ck[n - 1]["resid"] + inputs}
+        assert ck[n]["act"] < plain[n]["act"]
+    if config.name in ("lora", "qlora", "adapter"):  # block 0 keeps less (no LayerNorm input): the peak is a later block's
+        own = lambda c, n: c["resid"] + c["act"] + c["stat"] - n * inputs  # noqa: E731
+        assert own(ck[2], 2) > own(ck[1], 1)

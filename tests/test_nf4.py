@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from minitune.errors import CheckpointError, ConfigError
 from minitune.model import GPT, GPTConfig
 from minitune.strategies import QLoRAConfig, apply_strategy, base_fingerprint, load_trainable, save_trainable
-from minitune.strategies.nf4 import NF4, NF4Weight, load_nf4_base, quantize_base, save_nf4_base
+from minitune.strategies.nf4 import NF4, NF4Weight, linear_4bit, load_nf4_base, quantize_base, save_nf4_base
 from strategy_cases import ids, large_base, perturb_trainable, random_weights
 
 
@@ -122,3 +122,28 @@ def test_a_float_base_file_is_not_a_4bit_base(tmp_path):
     save_model(large_base(), tmp_path)
     with pytest.raises(CheckpointError, match="4-bit base"):
         load_nf4_base(tmp_path)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_4bit_linear_has_plain_linears_gradients_and_keeps_no_dequantised_weight(bias, dtype):
+    # Catches: F.linear(x, dequant(W)), which makes autograd keep a full-size W for backward (a 4-bit base
+    # that costs a float copy per layer in training), and a backward that gets W, its transpose or the bias
+    # gradient wrong.
+    torch.manual_seed(0)
+    w = NF4Weight.quantize(torch.randn(24, 40))
+    b = torch.randn(24, dtype=dtype, requires_grad=True) if bias else None
+    x = torch.randn(3, 5, 40, dtype=dtype, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = linear_4bit(x, w, b)
+    assert not saved  # nothing kept: backward dequantises again
+    g = torch.randn_like(y)
+    y.backward(g)
+    x2 = x.detach().clone().requires_grad_()
+    b2 = b.detach().clone().requires_grad_() if bias else None
+    y2 = F.linear(x2, w(dtype), b2)
+    y2.backward(g)
+    assert torch.equal(y, y2) and torch.equal(x.grad, x2.grad)
+    if bias:
+        assert torch.allclose(b.grad, b2.grad, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6)

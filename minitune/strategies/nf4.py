@@ -122,6 +122,30 @@ def _blocks(flat: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(flat, (0, -len(flat) % size)).view(-1, size)
 
 
+class _LinearOver4Bits(torch.autograd.Function):
+    """x W~^T + b, with W~ dequantised from 4 bits in the forward pass and again in the backward pass.
+
+    A plain F.linear(x, W~) would make autograd keep W~, a full-size copy of the weight, until backward (it
+    needs W~ for x's gradient): a layer's 4-bit saving would last only until its output was computed. Here
+    only the 4-bit weight, which the model holds anyway, is kept; bitsandbytes' 4-bit matmul does the same.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: NF4Weight, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.weight = weight  # a module, not a saved tensor: nothing new stays in memory
+        return F.linear(x, weight(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_bias = grad.flatten(0, -2).sum(0) if ctx.needs_input_grad[2] else None
+        return grad @ ctx.weight(grad.dtype), None, grad_bias
+
+
+def linear_4bit(x: torch.Tensor, weight: NF4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear over a 4-bit weight that keeps no dequantised copy for backward (see _LinearOver4Bits)."""
+    return _LinearOver4Bits.apply(x, weight, bias)
+
+
 class NF4Linear(nn.Module):
     """A frozen linear layer whose weight is held in NF4 and dequantised for each forward pass."""
 
@@ -131,7 +155,7 @@ class NF4Linear(nn.Module):
         self.weight, self.bias = weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight(x.dtype), self.bias)
+        return linear_4bit(x, self.weight, self.bias)
 
 
 def quantize_base(model: nn.Module, quant_block: int = 64, scale_block: int = 256,

@@ -28,12 +28,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from minitune.errors import ConfigError, is_count
 from minitune.strategies import lora
 from minitune.strategies.lora import LoRALinear, LowRankConfig
-from minitune.strategies.nf4 import NF4Linear, quantize_base
+from minitune.strategies.nf4 import NF4Linear, linear_4bit, quantize_base
 from minitune.strategies.targets import check_count, check_flag, checked_targets
 
 
@@ -45,7 +44,8 @@ class QLoRAConfig(LowRankConfig):
     scale_block: int = 256
     double_quant: bool = True
     name: ClassVar[str] = "qlora"
-    default_lr: ClassVar[float] = 1e-2  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[dict[str, float]] = {"classification": 1e-2, "generation": 1e-2}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,7 +68,7 @@ class QLoRALinear(LoRALinear):
         return base.weight.codes.device, base.weight.compute_dtype
 
     def frozen(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight(x.dtype), self.bias)
+        return linear_4bit(x, self.weight, self.bias)
 
     def merge(self) -> None:
         raise ConfigError("a QLoRA model cannot be merged: its 4-bit weights would have to be quantised again, "
