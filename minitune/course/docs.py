@@ -50,18 +50,24 @@ def claims_page(records: list[dict]) -> str:
     verdicts = Counter(c["verdict"] for r in records for c in r["claims"] if c["expect"])
     questions = sum(1 for r in records for c in r["claims"] if not c["expect"])
     total = sum(r["seconds"] for r in records)
+    corrected = [c for r in records for c in r["claims"] if c.get("verdict_holm") and c["verdict"] != "not told apart"]
+    holm_called, holm_kept = len(corrected), sum(c["verdict_holm"] == c["verdict"] for c in corrected)
     lines = ["<!-- written by `minitune docs` from docs/lessons/NN.json; do not edit by hand -->", "",
              "# What the course claims, and what the lessons measured", "",
              f"{len(records)} lessons, {total / 60:.0f} minutes of runs in all. Of the claims the course and its "
              f"papers make, {', '.join(f'{verdicts[v]} {v}' for v in VERDICTS)}; the lessons also ask "
              f"{questions} questions of their own. A verdict comes from the noise rule (Welch's t over seeds, "
              "p < 0.05; minitune/course/stats.py); *not told apart* means this design could not tell, and each "
-             "line gives the smallest gap it could have seen.", ""]
+             "line gives the smallest gap it could have seen. A lesson tests many claims, so some pass p < 0.05 "
+             "by chance; each cited claim's line also gives its verdict after Holm's correction over its "
+             f"lesson's cited claims ({holm_kept} of {holm_called} verdicts beyond noise stay so).", ""]
     for r in records:
         stem = f"{r['lesson']:02d}"
         lines += [f"## [Lesson {r['lesson']}: {r['title']}](lessons/{stem}.md)", "",
                   f"_{r['seconds']:.0f} s on {r['machine']}, {r['date']}._", ""]
-        lines += [f"- {c['line']}" for c in r["claims"]] or ["(no claims)"]
+        lines += [f"- {c['line']}" + (f" After Holm's correction over the lesson's cited claims (p = "
+                                      f"{c['holm_p']:.2g}): {c['verdict_holm']}." if c.get("holm_p") is not None else "")
+                  for c in r["claims"]] or ["(no claims)"]
         lines.append("")
     return "\n".join(lines)
 

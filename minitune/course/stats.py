@@ -362,6 +362,21 @@ def best_of(cells: Mapping[str, Sequence[float] | SeedValues], higher_is_better:
     return Best(best, tied, comparisons)
 
 
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of m p-values (nan, an untested comparison, stays nan and is not counted).
+
+    Sorted ascending, the k-th smallest p (k from 0) is multiplied by m - k, each adjusted p is at least the
+    one before it, and none exceeds 1. Calling a comparison beyond noise when its adjusted p < ALPHA keeps
+    the chance of any false call among the m at most ALPHA, whichever of them are truly null.
+    """
+    order = sorted((i for i, p in enumerate(ps) if not math.isnan(p)), key=lambda i: ps[i])
+    out, running = [math.nan] * len(ps), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * ps[i]))
+        out[i] = running
+    return out
+
+
 def p_text(p: float) -> str:
     if math.isnan(p):
         return "untested"

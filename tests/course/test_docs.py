@@ -34,6 +34,15 @@ def test_the_claims_page_counts_each_verdict_and_lists_every_claim_in_lesson_ord
     assert "2 minutes of runs" in page and "(lessons/02.md)" in page
 
 
+def test_the_claims_page_gives_each_corrected_verdict_and_counts_those_that_stay():
+    corrected = record(1, [AGREES, CONTRADICTS])
+    corrected["claims"][0] |= {"holm_p": 0.003, "verdict_holm": "agrees"}
+    corrected["claims"][1] |= {"holm_p": 0.09, "verdict_holm": "not told apart"}
+    page = claims_page([corrected])
+    assert "(p = 0.003): agrees." in page and "(p = 0.09): not told apart." in page
+    assert "(1 of 2 verdicts beyond noise stay so)" in page
+
+
 def test_docs_rebuild_the_headline_table_and_nothing_else_in_the_readme(tmp_path):
     number, title = HEADLINE
     rows = [{"task": "qa", "lora FT": {"mean": 0.5, "sd": 0.1, "values": [0.4, 0.5, 0.6], "n": 3}}]

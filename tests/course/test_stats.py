@@ -11,8 +11,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minitune.errors import ConfigError
-from minitune.course.stats import (ALPHA, SeedValues, best_of, betainc, differs, normal_two_sided_p, proportions, t_cdf,
-                            t_two_sided_p)
+from minitune.course.stats import (ALPHA, SeedValues, best_of, betainc, differs, holm, normal_two_sided_p, proportions,
+                            t_cdf, t_two_sided_p)
 
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 
@@ -184,6 +184,49 @@ def test_best_of_names_the_best_mean_and_what_noise_cannot_separate_from_it():
 def test_alpha_is_the_stated_threshold():
     # the verdict flips exactly at ALPHA: a t just past the 5% critical value (df 10) differs, one just short does not
     assert t_two_sided_p(2.229, 10) < ALPHA < t_two_sided_p(2.227, 10)
+
+
+# --- many claims at once: Holm's correction ----------------------------------------------------------------------
+
+def test_holm_multiplies_the_k_th_smallest_p_by_the_number_left_and_keeps_the_order():
+    # By hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> 0.06 (monotone).
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.3, 0.6]) == [0.6, 0.6] and holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    assert holm([0.02]) == [0.02] and holm([]) == []
+    adjusted = holm([0.01, math.nan, 0.02])
+    assert math.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.02)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
+def test_holm_never_lowers_a_p_and_keeps_the_ranking(ps):
+    # Catches: Bonferroni's m x p for all (too strict past the smallest), or a step-down without the running
+    # maximum (a larger raw p could then get a smaller adjusted one).
+    adjusted = holm(ps)
+    assert all(p <= q <= 1 for p, q in zip(ps, adjusted))
+    for (p1, q1), (p2, q2) in zip(sorted(zip(ps, adjusted)), sorted(zip(ps, adjusted))[1:]):
+        assert q1 <= q2
+    m = len(ps)
+    assert min(adjusted) == pytest.approx(min(1.0, m * min(ps)))
+
+
+def test_a_lesson_corrects_its_cited_claims_and_keeps_its_own_questions_out(tmp_path):
+    lesson = _lesson(tmp_path)
+    strong, weak = SeedValues((1.0, 1.1, 1.05)), SeedValues((0.0, 0.1, 0.05))
+    close = SeedValues((0.50, 0.62, 0.55))
+    lesson.claim("strong", "Paper A", strong, weak, ("a", "b"))           # p tiny: survives
+    lesson.claim("marginal", "Paper B", close, SeedValues((0.38, 0.45, 0.42)), ("a", "b"))  # p 0.036
+    lesson.claim("null", "Paper C", close, SeedValues((0.52, 0.60, 0.54)), ("a", "b"))  # not beyond noise
+    lesson.claim("a question", "", close, weak, ("a", "b"), expect=None)  # not cited: not corrected
+    lesson.correct_for_multiplicity()
+    strong_c, marginal_c, null, question = lesson.results["claims"]
+    raw = marginal_c["comparison"]["p"]
+    assert raw < ALPHA < 2 * raw  # beyond noise alone, not after doubling
+    assert strong_c["verdict_holm"] == "agrees" and marginal_c["verdict_holm"] == "not told apart"
+    assert marginal_c["holm_p"] == pytest.approx(2 * raw) and "holm_p" not in question  # second smallest of 3: x 2
+    assert null["verdict_holm"] == null["verdict"] == "not told apart"
+    assert any(title.startswith("Holm's correction over this lesson's 3 cited claims: 1 of the 2")
+               for title in lesson.results["tables"])
 
 
 # --- what lessons use: seeds, cells in tables, spread in plots -------------------------------------------------
