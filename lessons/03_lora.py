@@ -79,7 +79,7 @@ def lora(scheme: str, r: int, targets: tuple[str, ...] = ("c_attn",)) -> LoRACon
 # a scheme keeps the first steps to one size.
 
 # %%
-EARLY_LR, STEPS = LoRAConfig.default_lr / 10, 3
+EARLY_LR, STEPS = LoRAConfig.default_lr["generation"] / 10, 3
 
 
 def early_change(config, seed: int) -> float:
@@ -137,10 +137,10 @@ def qa_run(config, lr: float, seed: int) -> dict:
 def sweep(configs: dict) -> dict:
     """Every config at each rate of its grid over the seeds (all side by side), and the rate validation picks."""
     runs = lesson.each_over_seeds({(key, lr): partial(qa_run, c, lr) for key, c in configs.items()
-                                   for lr in grid(c.default_lr)})
+                                   for lr in grid(c.default_lr["generation"])})
     choices = {}
     for key, c in configs.items():
-        mine = {lr: runs[key, lr] for lr in grid(c.default_lr)}
+        mine = {lr: runs[key, lr] for lr in grid(c.default_lr["generation"])}
         rate, tied, pick = pick_rate({lr: r["val loss"] for lr, r in mine.items() if not math.isnan(r["val loss"].mean)})
         choices[key] = RateChoice(rate, tied, mine, pick)
     return choices
@@ -182,7 +182,7 @@ for r in (SMALL, REF):
 for r in (SMALL, BIG):
     lesson.claim(f"test loss at r = {r}, each at its best rate", "", test[ALPHA_R, r]["test loss"],
                  test[RSLORA, r]["test loss"], (ALPHA_R, RSLORA), None)
-lr = LoRAConfig.default_lr
+lr = LoRAConfig.default_lr["generation"]
 lesson.claim(f"at one fixed rate ({lr:g}) rsLoRA lets r = {BIG} learn better (test loss)", "Kalajdzievski 2023",
              swept[ALPHA_R, BIG].runs[lr]["test loss"], swept[RSLORA, BIG].runs[lr]["test loss"], (ALPHA_R, RSLORA))
 lesson.plot("rank_test.png", lambda ax: bar_seeds(ax, [label[key].replace(", ", "\n") for key in test], [

@@ -38,7 +38,7 @@ lesson = Lesson.start(5, "Prompt tuning: soft prompts")
 task = lesson.budget.task("topic")
 base, enc = lesson.load_base()
 general = held_out_text(lesson.size(60_000, 300_000))  # text like the base's own, not seen in pretraining
-LR = PromptTuningConfig.default_lr
+LR = PromptTuningConfig.default_lr[task.kind]
 N = lesson.size(4, 20)  # the default length (the nano base's 64-token context has little room to spare)
 
 
@@ -102,8 +102,8 @@ lesson.plot("init_curves.png", lambda ax: draw_curves(ax, curves, "Soft prompt i
 #
 # A soft prompt of n vectors trains n x d numbers and takes n positions of the context away from the
 # input. Quality and step time are measured at n = 5, 20 and 50. A length is not judged at a rate that
-# suits another length: each is trained at 0.03, 0.1 and 0.3 (the default with its neighbours on the
-# 1-3-10 ladder, `grid` in `minitune/course/sweep.py`), and validation picks its rate. The first table
+# suits another length: each is trained at the default rate and its neighbours on the 1-3-10 ladder
+# (`grid` in `minitune/course/sweep.py`), and validation picks its rate. The first table
 # has every run of that sweep (test scores are reported, never used to choose); the second each length
 # at its chosen rate, with the rates the noise rule cannot tell from the choice, whether the choice lies
 # at the grid's edge (a better rate may lie beyond), and the time of a training step (one timing run).
@@ -156,11 +156,11 @@ lesson.plot("length_sweep.png", lambda ax: draw_quality(
 #
 # Only a few vectors train, each gets a small gradient, and they must move a long way at the scale of
 # the token embeddings. Lester et al. trained with a learning rate of 0.3, where full fine-tuning uses
-# about 1e-4 to 1e-3; minitune's default for prompt tuning is 0.1. Here against LoRA's and the adapters'
-# rate, 1e-2.
+# about 1e-4 to 1e-3. Here the soft prompt at its own default rate (chosen by the recorded sweep) against
+# the same prompt at LoRA's default rate for classification; the table names both.
 
 # %%
-small = LoRAConfig.default_lr
+small = LoRAConfig.default_lr[task.kind]
 low = fine_tune_seeds(lesson, task, PromptTuningConfig(n_tokens=N), f"n{N}-lr{small:g}", lr=small)
 lesson.table(f"Soft prompt of {N} tokens, init 'vocab', topic, same steps", {small: low, LR: default},
              index="learning rate", columns=("accuracy", "label loss", "val loss"))
@@ -226,7 +226,7 @@ def gap_at(path, n: int) -> dict:
 
 n = lesson.size(4, 5)
 scale = [gap_at(path, n) for path in ([lesson.base] if lesson.quick else [smaller_base(), lesson.base])]
-lesson.table(f"Full fine-tuning (lr {FullConfig.default_lr:g}) against a {n}-token soft prompt (lr {LR:g}), topic, "
+lesson.table(f"Full fine-tuning (lr {FullConfig.default_lr[task.kind]:g}) against a {n}-token soft prompt (lr {LR:g}), topic, "
              "same steps", scale)
 if len(scale) == 2:  # --quick has one base: no second point
     lesson.claim("the gap to full fine-tuning shrinks as the model grows", "Lester et al. 2021",

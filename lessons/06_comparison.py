@@ -32,7 +32,7 @@ from minitune.course.lesson import Lesson, SeedRuns, bar_groups
 from minitune.course.report import Bytes, best_per_task
 from minitune.course.runs import common_target, first_reaching
 from minitune.course.stats import summarize
-from minitune.course.sweep import recorded_choices, recorded_sweeps, table_rows
+from minitune.course.recorded import recorded_choices, recorded_sweeps, table_rows
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import open_run, supervised
 from minitune.memory import human_bytes, tensor_bytes
@@ -54,9 +54,12 @@ SERVED = ("topic", "qa", "code")       # tasks whose LoRA adapters share one bas
 # ones. Strategies compared each at a guessed rate compare the guesses. The recorded sweeps
 # (`minitune sweep`, shipped in `minitune/assets/sweep/`) ran each strategy's default and its neighbours on
 # the 1-3-10 ladder, 3 seeds per rate, on the validation split of one task per family (sentiment for
-# classification, qa for generation), and kept the default unless another rate had a lower validation loss
-# beyond noise. A later sweep re-centres a grid whose choice fell at its edge. Every lesson trains at the
-# chosen rates unless it studies the rate.
+# classification, qa for generation). The earlier sweeps kept the old default unless another rate beat it
+# beyond noise; with 3 seeds that keeps whatever was guessed first, so the latest sweep re-ran every
+# strategy and takes the lowest mean validation loss, whatever the old default, reporting the rates within
+# noise of it beside it. When the best rate is the lowest or highest tried, the sweep adds the next rung
+# beyond it and chooses again, so every chosen rate has a worse (or diverged) neighbour on both sides.
+# Every lesson trains at the chosen rates unless it studies the rate.
 
 # %%
 for record in recorded_sweeps():  # oldest first; `minitune sweep` runs one again

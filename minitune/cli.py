@@ -100,11 +100,14 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> None:
     from minitune.course.lesson import default_base
-    from minitune.course.sweep import SweepSettings, changes, run_sweep
+    from minitune.course.arms import split_arms
+    from minitune.course.recorded import changes
+    from minitune.course.sweep import SweepSettings, run_sweep
 
     names = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
-    given = {"strategies": names(args.strategies) if args.strategies else None,
+    given = {"strategies": split_arms(args.strategies) if args.strategies else None,
              "families": names(args.families) if args.families else None,
+             "tasks": names(args.tasks) if args.tasks else None,
              "seeds": tuple(int(s) for s in names(args.seeds)) if args.seeds else None,
              "steps": args.steps, "span": args.span}
     settings = SweepSettings.for_mode(args.quick, **{k: v for k, v in given.items() if v is not None})
@@ -162,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", default=None, help="run folder to write (default: runs/TASK-STRATEGY)")
     ft.add_argument("--max-steps", type=int, default=300)
     ft.add_argument("--batch-size", type=int, default=16)
-    ft.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the strategy's)")
+    ft.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate (default: the strategy's for the task's kind, classification or generation)")
     ft.add_argument("--device", default="auto")
     ft.add_argument("--eval", action="store_true", help="evaluate on the test split afterwards")
     ft.add_argument("--limit", type=int, default=None, help="evaluate on at most this many examples")
@@ -210,8 +214,11 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--quick", action="store_true", help="nano base, a few steps, 2 seeds: seconds (for tests)")
     sw.add_argument("--base", default=None, help="base run folder (default: the built-in tiny base; nano with --quick)")
     sw.add_argument("--out", default=None, help="where sweep.json and sweep.md go (default: runs/sweep[-quick])")
-    sw.add_argument("--strategies", default=None, help="comma-separated (default: full,lora,adapter,prompt)")
+    sw.add_argument("--strategies", default=None, help="comma-separated (default: full,lora,adapter,prompt); a "
+                    "recipe sets fields of a strategy's config: 'lora(r=4, targets=c_attn+mlp.c_fc)'")
     sw.add_argument("--families", default=None, help="comma-separated (default: classification,generation)")
+    sw.add_argument("--tasks", default=None, help="comma-separated tasks to sweep instead of the families' own "
+                    "(sentiment, qa); a recipe or another task's choice is recorded, never a package default")
     sw.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2)")
     sw.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 160)")
     sw.add_argument("--span", type=int, default=None, help="ladder rungs each side of the default (default: 1)")

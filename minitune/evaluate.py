@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from minitune.data.batches import TokenStream, encode_documents
-from minitune.data.tasks import Example, Task, code_source, pick_shots
+from minitune.data.tasks import Example, Task, code_source, few_shot_prompt, pick_shots
 from minitune.metrics import accuracy, exact_match, key_fact_recall, macro_f1, rouge_l, token_f1
 from minitune.errors import UnsafeCodeError
 from minitune.sandbox import CallFailed, CodeCrashed, CodeTimedOut, WrongFunctionName, run_function
@@ -35,12 +35,16 @@ HEADLINE_METRIC = {"sentiment": "accuracy", "topic": "accuracy", "summarization"
                    "code": "pass@1"}
 
 
+def kept_shots(task: Task, example: Example, shots: int, enc, room: int, seed: int = 0) -> tuple[Example, ...]:
+    """Which of `shots` solved training examples fit before the example's prompt in `room` tokens."""
+    if shots == 0:
+        return ()
+    return task.fit_shots(example, pick_shots(task, shots, seed=seed, exclude=example), enc, room)
+
+
 def prompt_for(task: Task, example: Example, shots: int, enc, room: int, seed: int = 0) -> str:
     """The example's prompt, after `shots` solved training examples if they fit in `room` tokens."""
-    if shots == 0:
-        return example.prompt
-    chosen = pick_shots(task, shots, seed=seed, exclude=example)
-    return task.few_shot_prompt(example, chosen, enc, max_tokens=room)
+    return few_shot_prompt(example, kept_shots(task, example, shots, enc, room, seed))
 
 
 def _fit(ids: list[int], room: int) -> list[int]:
@@ -210,24 +214,29 @@ def score_generation(task: Task, examples, predictions: list[str]) -> dict:
 
 def evaluate_task(model, enc, task: Task, split: str = "test", shots: int = 0, limit: int | None = None,
                   seed: int = 0, device=None) -> dict:
-    """Metrics of model on one split of task, with `shots` examples in each prompt; plus a few samples."""
+    """Metrics of model on one split of task, with `shots` examples asked for in each prompt (`shots_kept`:
+    how many fitted the context, on average); plus a few samples."""
     examples = task.split(split)[:limit]
     room = model.max_input_tokens
     if task.kind == "classification":
         room -= max(len(enc.encode_ordinary(" " + w)) for w in task.labels)
-        prompts = [prompt_for(task, ex, shots, enc, room, seed) for ex in examples]
+    else:
+        budget = answer_budget(task, enc)
+        room -= budget
+    kept = [kept_shots(task, ex, shots, enc, room, seed) for ex in examples]
+    prompts = [few_shot_prompt(ex, k) for ex, k in zip(examples, kept)]
+    if task.kind == "classification":
         predictions, scores = classify_scores(model, enc, examples, task.labels, prompts, device)
         golds = [ex.target.strip() for ex in examples]
         metrics = {"accuracy": accuracy(predictions, golds), "macro_f1": macro_f1(predictions, golds, task.labels),
                    "label_loss": scores["label loss"]}
     else:
-        budget = answer_budget(task, enc)
-        prompts = [prompt_for(task, ex, shots, enc, room - budget, seed) for ex in examples]
         predictions = generate_texts(model, enc, prompts, budget, task.stop, device=device)
         metrics = score_generation(task, examples, predictions)
     samples = [{"prompt": ex.prompt, "prediction": p, "target": ex.target.strip()}
                for ex, p in zip(examples[:3], predictions)]
-    return {"task": task.name, "split": split, "shots": shots, "n": len(examples), **metrics, "samples": samples}
+    return {"task": task.name, "split": split, "shots": shots, "shots_kept": mean(len(k) for k in kept) if kept else 0.0,
+            "n": len(examples), **metrics, "samples": samples}
 
 
 def perplexity(model, enc, docs: list[str], device=None, max_batches: int = 20) -> float:

@@ -54,7 +54,8 @@ def finetune(base: str | Path | None, task: Task, strategy, out: str | Path | No
     seed_everything(seed)
     model = apply_strategy(model, strategy)
     trainable, total = trainable_parameters(model)
-    cfg = TrainConfig(max_steps=max_steps, lr=lr or strategy.default_lr, min_lr=(lr or strategy.default_lr) / 10,
+    lr = lr or strategy.default_lr[task.kind]
+    cfg = TrainConfig(max_steps=max_steps, lr=lr, min_lr=lr / 10,
                       warmup_steps=max_steps // 10, eval_every=eval_every, seed=seed, device=device, quiet=quiet,
                       checkpoint_every=checkpoint_every)
     room = model.max_input_tokens

@@ -132,9 +132,20 @@ def test_evaluate_every_task_zero_and_few_shot(name, nano_base):
     for shots in (0, 2):
         result = evaluate_task(nano_base, ENC, task, shots=shots, limit=4)
         assert result["n"] == 4 and result["shots"] == shots
-        metrics = {k: v for k, v in result.items() if isinstance(v, float) and k != "label_loss"}
+        assert 0 <= result["shots_kept"] <= shots
+        metrics = {k: v for k, v in result.items() if isinstance(v, float) and k not in ("label_loss", "shots_kept")}
         assert metrics and all(0.0 <= v <= 1.0 for v in metrics.values()), metrics
         assert ("label_loss" in result) == (task.kind == "classification") and result.get("label_loss", 1.0) > 0
+
+
+def test_evaluate_counts_the_shots_that_fitted_not_the_shots_asked_for(nano_base):
+    # Catches: reporting `shots` as given, which hides a 2-shot prompt that is the 0-shot one (the nano
+    # base's 64-token context holds no summarization document beside another).
+    summarization = load_task("summarization", sizes={"train": 40, "validation": 10, "test": 10})
+    assert evaluate_task(nano_base, ENC, summarization, shots=2, limit=4)["shots_kept"] == 0.0
+    qa = load_task("qa")
+    assert 0 < evaluate_task(nano_base, ENC, qa, shots=2, limit=10)["shots_kept"] < 2  # some questions, not all
+    assert evaluate_task(nano_base, ENC, qa, shots=0, limit=10)["shots_kept"] == 0.0
 
 
 @pytest.mark.parametrize("strategy", ["full", "lora", "adapter", "prompt"])

@@ -22,7 +22,6 @@ In a notebook the flags come from the environment variable MINITUNE_LESSON_ARGS 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shlex
 import shutil
@@ -38,9 +37,9 @@ from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.course.costs import strategy_costs, step_time_ms  # noqa: F401  (lessons import them from here)
 from minitune.course.pool import WORKERS_VARIABLE, run_all, workers_wanted
 from minitune.course.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
-from minitune.course.report import Claim, chapter_page, format_table, markdown_table, seeds_note
+from minitune.course.report import Claim, chapter_page, correct_cited, format_table, markdown_table, seeds_note
 from minitune.course.runs import Budget, shared_run
-from minitune.course.stats import ALPHA, SeedValues, Comparison, differs, holm, log_differs, summarize
+from minitune.course.stats import SeedValues, Comparison, differs, log_differs, summarize
 from minitune.data import pretraining_corpus, split
 from minitune.evaluate import perplexity
 from minitune.pretrain import load_run, runs_dir
@@ -296,29 +295,12 @@ class Lesson:
         self._show(f"(plot: {path})", f"![{title or name}]({self.number:02d}/{name})")
         return path
 
-    def correct_for_multiplicity(self) -> None:
-        """Holm's correction over the lesson's cited claims (those with a source: what the course or a paper
-        says). Each keeps its own verdict line and gains `holm_p` and `verdict_holm`; a table shows them."""
-        cited = [c for c in self.results["claims"] if c["source"] and c["expect"]]
-        if not cited:
-            return
-        for c, adjusted in zip(cited, holm([math.nan if c["comparison"]["p"] is None else c["comparison"]["p"]
-                                            for c in cited])):
-            c["holm_p"] = None if math.isnan(adjusted) else adjusted
-            c["verdict_holm"] = c["verdict"] if not math.isnan(adjusted) and adjusted < ALPHA else "not told apart"
-        kept = sum(c["verdict_holm"] == c["verdict"] for c in cited if c["verdict"] != "not told apart")
-        called = sum(c["verdict"] != "not told apart" for c in cited)
-        self.table(f"Holm's correction over this lesson's {len(cited)} cited claims: {kept} of the {called} verdicts "
-                   f"beyond noise stay beyond it", [{"claim": f"{c['source']}: {c['statement']}", "p": c["comparison"]["p"],
-                                                     "Holm p": c["holm_p"], "verdict": c["verdict"],
-                                                     "after Holm": c["verdict_holm"]} for c in cited])
-
     def finish(self) -> dict:
-        """Correct the cited claims for multiplicity, write results.json and the chapter page, and say how
-        long the lesson took."""
+        """Correct the cited claims for multiplicity, write results.json and the page, say how long it took."""
         from minitune.course.sweep import machine
 
-        self.correct_for_multiplicity()
+        if table := correct_cited(self.results["claims"]):  # Holm's correction over the lesson's cited claims
+            self.table(*table)
         seconds = time.perf_counter() - self.started
         m, n = machine(self.device), workers_wanted(self.workers)
         workers = f"{n} worker{'s' if n > 1 else ''} of one torch thread"

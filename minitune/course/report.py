@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from minitune.memory import human_bytes
-from minitune.course.stats import SeedValues, Comparison, best_of, number_spec
+from minitune.course.stats import ALPHA, SeedValues, Comparison, best_of, holm, number_spec
 
 VERDICTS = ("agrees", "contradicts", "not told apart")
 
@@ -64,6 +64,24 @@ class Claim:
     def to_dict(self) -> dict:
         return {"statement": self.statement, "source": self.source, "expect": self.expect,
                 "verdict": self.verdict, "line": self.line(), "comparison": self.comparison.to_dict()}
+
+
+def correct_cited(claims: list[dict]) -> tuple[str, list[dict]] | None:
+    """Holm's correction over the cited claims (those with a source and a direction: what the course or a
+    paper says). Each gains `holm_p` and `verdict_holm` (its verdict if the corrected p < ALPHA, else not
+    told apart); returns the title and rows of the table that shows them (None: nothing cited)."""
+    cited = [c for c in claims if c["source"] and c["expect"]]
+    if not cited:
+        return None
+    for c, p in zip(cited, holm([math.nan if c["comparison"]["p"] is None else c["comparison"]["p"] for c in cited])):
+        c["holm_p"] = None if math.isnan(p) else p
+        c["verdict_holm"] = c["verdict"] if c["holm_p"] is not None and p < ALPHA else "not told apart"
+    called = [c for c in cited if c["verdict"] != "not told apart"]
+    kept = sum(c["verdict_holm"] == c["verdict"] for c in called)
+    return (f"Holm's correction over this lesson's {len(cited)} cited claims: {kept} of the {len(called)} verdicts "
+            "beyond noise stay beyond it", [{"claim": f"{c['source']}: {c['statement']}", "p": c["comparison"]["p"],
+                                              "Holm p": c["holm_p"], "verdict": c["verdict"],
+                                              "after Holm": c["verdict_holm"]} for c in cited])
 
 
 # --- tables -------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from minitune.checkpoint import atomic_write_json
-from minitune.data.tasks import load_task
+from minitune.data.tasks import load_task, task_kind
 from minitune.errors import ConfigError
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task, perplexity
 from minitune.memory import file_size
@@ -87,7 +87,7 @@ def shared_run(base: str | Path, task_name: str, config, seed: int, budget: Budg
         raise ConfigError(f"unknown task {task_name!r}: shared runs exist for {sorted(HEADLINE_METRIC)}")
     base = Path(base)
     key = run_key(base, task_name, config, seed, budget, general, lr)
-    if lr == config.default_lr:
+    if lr == config.default_lr[task_kind(task_name)]:
         lr = None  # the default named: the same run as the default left out
     rate = "" if lr is None else f"-lr{lr:g}"
     folder = Path(cache if cache is not None else runs_dir() / "shared") / f"{task_name}-{config.name}{rate}-s{seed}-{key}"
@@ -186,7 +186,7 @@ def run_key(base: Path, task_name: str, config, seed: int, budget: Budget, gener
     """A short hash of everything a shared run's numbers depend on."""
     h = hashlib.sha256()
     for part in (_file_hash(base / "model.safetensors"), source_hash(), task_name, repr(config),
-                 config.default_lr if lr is None else lr,
+                 config.default_lr[task_kind(task_name)] if lr is None else lr,
                  json.dumps(asdict(budget), sort_keys=True), seed,
                  hashlib.sha256("\x00".join(general or []).encode()).hexdigest()):
         h.update(str(part).encode() + b"\x1f")

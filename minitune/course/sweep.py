@@ -1,31 +1,35 @@
 """Each strategy's learning rate, chosen on the validation split by a recorded sweep (`minitune sweep`).
 
-The learning rate matters more than any other setting, and the good one differs by strategy: full
-fine-tuning moves every weight of a pretrained model and wants small steps; a soft prompt is a few
-thousand input vectors that start far from anything useful and wants large ones. Strategies compared
-each at a guessed rate compare the guesses. So, for each strategy and each task family, on one
-representative task of the family (classification: sentiment, the task lessons 3 to 5 study;
-generation: qa, question answering over facts the base never read):
+The good learning rate differs by strategy (full fine-tuning wants small steps, a soft prompt large ones),
+and strategies compared each at a guessed rate compare the guesses. So, for each strategy and each task
+family, on one task of the family (classification: sentiment; generation: qa, facts the base never read):
 
-    grid     the strategy's current default_lr with `span` neighbours each side on the 1-3-10 ladder
-             (... 1e-3, 3e-3, 1e-2 ...): with span 1, three rates about 3x apart
+    grid     the strategy's current default rate for the family with `span` neighbours each side on the
+             1-3-10 ladder (... 1e-3, 3e-3, 1e-2 ...): with span 1, three rates about 3x (half a decade) apart
     runs     every rate with every seed (default three), the same steps, batch size and data
     score    the validation loss: mean cross-entropy per answer token on the validation split (never
              test), at the checkpoint fine-tuning keeps (the lowest of its evaluations). It is the
              objective itself, continuous, and does not saturate the way accuracy does once most
              answers are right; the task's headline metric on validation is measured and shown beside it
-    choose   the rate with the lowest mean loss (stats.best_of). If the current default is within noise
-             of it (stats.differs, Welch's t over seeds), the default stays: a default changes only when
-             another rate beats it beyond noise, never on noise alone
+    choose   the rate with the lowest mean loss (stats.best_of), whatever the current default is. The
+             rates within noise of it (Welch's t over seeds) are reported beside it, never used to keep
+             an old default: with three seeds "within noise" is wide, and a rule that keeps the default
+             inside it keeps whatever was guessed first
     diverged a rate at which any seed's training stopped on a non-finite loss cannot be chosen
-    edge     a choice at either end of the grid is flagged: the best rate may lie beyond it (--span 2)
+    extend   a best rate at either end of the grid has not been bracketed: the sweep adds the next rung
+             beyond it (all seeds) and chooses again, up to MAX_EXTENSIONS times per strategy and family.
+             A rate whose neighbour above diverged is bracketed by the divergence. A choice still at the
+             edge after that is flagged, and the package refuses it as a default (tests/course/test_sweep.py)
 
 The test split is drawn first, then validation, then train (minitune.data.tasks), and the sweep draws
 the default test size, so its validation questions are never any lesson's test questions.
 
+The same machinery compares recipes (minitune.course.arms: "lora(r=4, targets=c_attn+mlp.c_fc)") and runs
+on other tasks (`tasks`); such a record is evidence for a lesson, never a package default (recorded_results).
+
 Output, written atomically: sweep.json (every run, every cell with each seed's value, the choices, and
 the command, seeds, steps, grid, base, machine and date that produced them) and sweep.md (the same as
-tables). A lesson shows it with `table_rows(read_sweep())`.
+tables). A lesson shows it with `table_rows(read_sweep())` (minitune.course.recorded).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -45,18 +50,19 @@ from pathlib import Path
 import torch
 
 from minitune.checkpoint import atomic_write_bytes, atomic_write_json, read_json
-from minitune.data.tasks import DEFAULT_SIZES, load_task
+from minitune.data.tasks import DEFAULT_SIZES, TASKS, load_task, task_kind
 from minitune.errors import ConfigError, TrainingError
 from minitune.evaluate import HEADLINE_METRIC, evaluate_task
 from minitune.finetune import RUN, finetune
 from minitune.pretrain import runs_dir
+from minitune.course.arms import FAMILIES, arm
+from minitune.course.recorded import SWEEP_JSON, SWEEP_MD, markdown
 from minitune.course.pool import run_all, workers_wanted
 from minitune.course.stats import ALPHA, SeedValues, best_of, differs
 from minitune.strategies import STRATEGIES
 from minitune.train import resolve_device
 
-FAMILIES = {"classification": "sentiment", "generation": "qa"}  # the task that stands for each family
-SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep.md"
+MAX_EXTENSIONS = 4  # rungs a sweep may add beyond its grid per strategy and family (two decades)
 
 
 @dataclass(frozen=True)
@@ -74,19 +80,27 @@ class SweepSettings:
     val_limit: int | None = None      # validation items scored by the headline metric (None: all)
     quick: bool = False
     overrides: dict = field(default_factory=dict)  # strategy -> config fields (e.g. a shorter soft prompt)
+    tasks: tuple[str, ...] = ()       # tasks to sweep instead of the families' own (each in its kind's family)
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown or not self.strategies:
-            raise ConfigError(f"strategies must be among {sorted(STRATEGIES)}, got {list(self.strategies)}")
+        if not self.strategies:
+            raise ConfigError(f"strategies must be among {sorted(STRATEGIES)}, got none")
+        for spec in self.strategies:
+            arm(spec)  # raises on an unknown strategy or a malformed setting
         if not self.families or any(f not in FAMILIES for f in self.families):
             raise ConfigError(f"families must be among {sorted(FAMILIES)}, got {list(self.families)}")
+        if any(t not in TASKS for t in self.tasks):
+            raise ConfigError(f"tasks must be among {list(TASKS)}, got {list(self.tasks)}")
         if not (isinstance(self.span, int) and self.span >= 0):
             raise ConfigError(f"span must be an integer >= 0, got {self.span!r}")
         if len(set(self.seeds)) < 2:
             raise ConfigError(f"a sweep needs at least 2 distinct seeds to see noise, got {list(self.seeds)}")
         if self.steps < 1 or self.batch_size < 1 or self.evals < 1 or self.train_size < 1:
             raise ConfigError("steps, batch_size, evals and train_size must be >= 1")
+
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks swept: `tasks` if given, else each family's own task."""
+        return self.tasks or tuple(FAMILIES[f] for f in self.families)
 
     @classmethod
     def for_mode(cls, quick: bool, **changes) -> "SweepSettings":
@@ -118,22 +132,24 @@ def grid(default: float, span: int = 1) -> list[float]:
             + [rung(centre + k) for k in range(1, span + 1)])
 
 
-def strategy_config(name: str, settings: SweepSettings):
-    """The strategy's default config (with the settings' overrides for it)."""
-    return STRATEGIES[name][0](**settings.overrides.get(name, {}))
+# --- what is swept ---------------------------------------------------------------------------------------------
+
+def strategy_config(spec: str, settings: SweepSettings):
+    """The arm's config: the strategy's defaults, the settings' overrides for it, then the arm's own."""
+    name, fields = arm(spec)
+    return STRATEGIES[name][0](**{**settings.overrides.get(name, {}), **fields})
 
 
-def current_default(name: str, family: str) -> float:
-    """The learning rate the package uses now for strategy `name` (one default per strategy, all families)."""
-    return STRATEGIES[name][0].default_lr
+def current_default(spec: str, family: str) -> float:
+    """The learning rate the package uses now for the arm's strategy on the family's tasks."""
+    return STRATEGIES[arm(spec)[0]][0].default_lr[family]
 
 
 # --- one run -------------------------------------------------------------------------------------------------
 
-def sweep_task(family: str, settings: SweepSettings, seed: int = 0):
-    """The family's task; its test split is drawn first at the default size, so validation holds no test item."""
-    name = FAMILIES[family]
-    if name == "qa":  # every fact once per split, in a phrasing of its own: no overlap by construction
+def sweep_task(name: str, settings: SweepSettings, seed: int = 0):
+    """A task to sweep on; its test split is drawn first at the default size, so validation holds no test item."""
+    if task_kind(name) == "generation":  # qa: every fact once per split, each in a phrasing of its own
         return load_task(name, seed=seed)
     return load_task(name, seed=seed, sizes={"train": settings.train_size, **{
         split: DEFAULT_SIZES[split] for split in ("validation", "test")}})
@@ -162,6 +178,7 @@ def run_point(base: Path, task, config, lr: float, seed: int, settings: SweepSet
 
 def choose(runs: list[dict], rates: Sequence[float], default: float, metric: str) -> dict:
     """The cells of one strategy and family, and the rate the rule picks (see the module docstring)."""
+    rates = sorted(rates)
     at = {lr: [r for r in runs if r["lr"] == lr] for lr in rates}
     cells, usable = [], {}
     for lr in rates:
@@ -174,20 +191,31 @@ def choose(runs: list[dict], rates: Sequence[float], default: float, metric: str
         if not diverged:
             usable[lr] = [r["val_loss"] for r in done]
         cells.append(cell)
-    if not usable:
+    if not usable:  # every rate diverged: try the rung below the lowest
         return {"cells": cells, "best": None, "chosen": None, "default": default, "changed": False,
-                "edge": False, "tied": [], "versus_default": None}
+                "edge": True, "extend": rung(nearest_rung(rates[0]) - 1), "tied": [], "versus_default": None}
     pick = best_of({f"{lr:g}": v for lr, v in usable.items()}, higher_is_better=False)
     best = next(lr for lr in usable if f"{lr:g}" == pick.best)
-    tied = [lr for lr in usable if f"{lr:g}" in pick.tied]
-    chosen = default if default in tied else best  # keep the default unless it is beaten beyond noise
+    tied = [lr for lr in usable if f"{lr:g}" in pick.tied]  # reported: within noise of the best
     versus = None
     if default in usable and best != default:
         c = differs(usable[best], usable[default], (f"lr {best:g}", f"lr {default:g}"))
         versus = {**c.to_dict(), "text": c.text(verb="has a higher validation loss than")}
-    edge = len(rates) > 1 and chosen in (rates[0], rates[-1])
-    return {"cells": cells, "best": best, "chosen": chosen, "default": default, "changed": chosen != default,
-            "edge": edge, "tied": tied, "versus_default": versus}
+    edge = edge_of(best, rates)
+    return {"cells": cells, "best": best, "chosen": best, "default": default, "changed": best != default,
+            "edge": edge is not None, "extend": edge, "tied": tied, "versus_default": versus}
+
+
+def edge_of(best: float, rates: Sequence[float]) -> float | None:
+    """The next rung beyond `best` if it is the lowest or highest rate tried (None when it is bracketed).
+    A diverged rate above it counts as tried: it brackets the best from above."""
+    if len(rates) < 2:
+        return None
+    if best == min(rates):
+        return rung(nearest_rung(best) - 1)
+    if best == max(rates):
+        return rung(nearest_rung(best) + 1)
+    return None
 
 
 # --- the sweep -------------------------------------------------------------------------------------------------
@@ -198,35 +226,51 @@ def run_sweep(base: str | Path, settings: SweepSettings, out: str | Path | None 
     base, device = Path(base), str(resolve_device(device))
     out = Path(out) if out is not None else runs_dir() / ("sweep-quick" if settings.quick else "sweep")
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
-    tasks = {f: sweep_task(f, settings) for f in settings.families}
-    rates = {(f, s): grid(current_default(s, f), settings.span) for f in settings.families for s in settings.strategies}
-    plan = [(f, s, lr, seed) for (f, s), grid_ in rates.items() for lr in grid_ for seed in settings.seeds]
+    tasks = {t: sweep_task(t, settings) for t in settings.task_names()}
+    rates = {(t, s): grid(current_default(s, task.kind), settings.span) for t, task in tasks.items()
+             for s in settings.strategies}
+    plan = [(t, s, lr, seed) for (t, s), grid_ in rates.items() for lr in grid_ for seed in settings.seeds]
+    width = max(map(len, settings.strategies))
 
-    def point(i: int, family: str, name: str, lr: float, seed: int) -> dict:  # one run, in a worker of the pool
-        task = tasks[family]
+    def point(i: int, total: int, task_name: str, name: str, lr: float, seed: int) -> dict:  # one run, in a worker
+        task = tasks[task_name]
         r = run_point(base, task, strategy_config(name, settings), lr, seed, settings, device)
-        run = {"family": family, "task": task.name, "strategy": name, "lr": lr, "seed": seed, **r}
-        print(_progress(i, len(plan), run, time.perf_counter() - t0), flush=True)  # printed in the plan's order
+        run = {"family": task.kind, "task": task.name, "strategy": name, "lr": lr, "seed": seed, **r}
+        print(_progress(i, total, run, time.perf_counter() - t0, width), flush=True)  # printed in the plan's order
         return run
 
-    runs = run_all([partial(point, i, *p) for i, p in enumerate(plan, 1)],
-                   [f"{f} / {s} / lr {lr:g} / seed {seed}" for f, s, lr, seed in plan], workers)
-    results = []
-    for family in settings.families:
-        metric = HEADLINE_METRIC[tasks[family].name]
-        for name in settings.strategies:
-            mine = [r for r in runs if r["family"] == family and r["strategy"] == name]
-            chosen = choose(mine, rates[family, name], current_default(name, family), metric)
-            results.append({"family": family, "task": tasks[family].name, "metric": metric, "strategy": name,
-                            "grid": rates[family, name], **chosen})
+    def outcome(task_name: str, name: str) -> dict:
+        mine = [r for r in runs if r["task"] == task_name and r["strategy"] == name]
+        return choose(mine, rates[task_name, name], current_default(name, tasks[task_name].kind),
+                      HEADLINE_METRIC[task_name])
+
+    runs: list[dict] = []
+    extensions = dict.fromkeys(rates, 0)
+    while plan:  # a round of runs, then one more rung for every choice still at its grid's edge
+        done = len(runs)
+        runs += run_all([partial(point, done + i, done + len(plan), *p) for i, p in enumerate(plan, 1)],
+                        [f"{f} / {s} / lr {lr:g} / seed {seed}" for f, s, lr, seed in plan], workers)
+        plan = []
+        for key in rates:
+            beyond = outcome(*key)["extend"]
+            if beyond is not None and extensions[key] < MAX_EXTENSIONS:
+                extensions[key] += 1
+                rates[key] = sorted(rates[key] + [beyond])
+                plan += [(*key, beyond, seed) for seed in settings.seeds]
+                print(f"{key[1]} on {key[0]}: the best rate is at the grid's edge; adding lr {beyond:g}", flush=True)
+    results = [{"family": task.kind, "task": t, "metric": HEADLINE_METRIC[t], "strategy": name, "grid": rates[t, name],
+                "extensions": extensions[t, name], **outcome(t, name)}
+               for t, task in tasks.items() for name in settings.strategies]
     record = {
         "command": command or describe_command(settings, base, out, device),
         "base": str(base.resolve()), "settings": asdict(settings),
         "configs": {s: {"name": s, **asdict(strategy_config(s, settings))} for s in settings.strategies},
-        "tasks": {f: {"task": t.name, "metric": HEADLINE_METRIC[t.name], "train": len(t.train),
-                      "validation": len(t.validation)} for f, t in tasks.items()},
-        "selection": "lowest mean validation loss; the current default is kept unless beaten beyond noise "
-                     f"(Welch t over seeds, two-sided p < {ALPHA}); a rate with any diverged seed is not chosen",
+        "tasks": {t.kind if not settings.tasks else t.name: {
+            "task": t.name, "metric": HEADLINE_METRIC[t.name], "train": len(t.train),
+            "validation": len(t.validation)} for t in tasks.values()},
+        "selection": "lowest mean validation loss, whatever the current default; the rates within noise of it "
+                     f"(Welch t over seeds, two-sided p < {ALPHA}) are reported; a rate with any diverged seed is not "
+                     f"chosen; a best rate at the grid's edge gets the next rung beyond it (up to {MAX_EXTENSIONS})",
         "machine": machine(device) | {"workers": workers_wanted(workers), "threads_per_run": 1},
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1), "runs": runs, "results": results,
@@ -237,12 +281,12 @@ def run_sweep(base: str | Path, settings: SweepSettings, out: str | Path | None 
     return record
 
 
-def _progress(i: int, total: int, run: dict, elapsed: float) -> str:
+def _progress(i: int, total: int, run: dict, elapsed: float, width: int = 7) -> str:
     metric = HEADLINE_METRIC[run["task"]]
     what = ("diverged" if run["diverged"] else
             f"val loss {run['val_loss']:.3f}, {metric} {run[metric]:.3f}")
     left = elapsed / i * (total - i)  # runs finish out of order in a pool: a rough guess
-    return (f"[{i:>{len(str(total))}}/{total}] {run['family']:<14} {run['task']:<9} {run['strategy']:<7} "
+    return (f"[{i:>{len(str(total))}}/{total}] {run['family']:<14} {run['task']:<13} {run['strategy']:<{width}} "
             f"lr {run['lr']:<7g} seed {run['seed']}: {what}  ({run['seconds']:.1f}s; ~{left / 60:.0f} min left)")
 
 
@@ -256,97 +300,10 @@ def machine(device: str = "auto") -> dict:
 def describe_command(settings: SweepSettings, base: Path, out: Path, device: str) -> str:
     """The `minitune sweep` command line that repeats these settings."""
     parts = ["minitune sweep"] + (["--quick"] if settings.quick else [])
-    parts += [f"--base {base}", f"--out {out}", f"--strategies {','.join(settings.strategies)}",
-              f"--families {','.join(settings.families)}", f"--seeds {','.join(map(str, settings.seeds))}",
+    parts += [f"--base {base}", f"--out {out}", f"--strategies {shlex.quote(','.join(settings.strategies))}",
+              f"--tasks {','.join(settings.tasks)}" if settings.tasks else f"--families {','.join(settings.families)}", f"--seeds {','.join(map(str, settings.seeds))}",
               f"--steps {settings.steps}", f"--span {settings.span}", f"--device {device}"]
     return " ".join(parts)
 
 
-# --- reading it back -------------------------------------------------------------------------------------------
-
-def read_sweep(path: str | Path | None = None) -> dict:
-    """A sweep record: sweep.json in `path` (a folder or the file), default runs/sweep."""
-    path = Path(path) if path is not None else runs_dir() / "sweep"
-    return read_json(path / SWEEP_JSON if path.is_dir() or path.suffix != ".json" else path)
-
-
-RECORDED = Path(__file__).parents[1] / "assets" / "sweep"  # the sweeps the package defaults come from
-
-
-def recorded_sweeps() -> list[dict]:
-    """The sweeps shipped with the package, oldest first (a later one re-examines some of an earlier one's)."""
-    return [read_json(path) for path in sorted(RECORDED.glob("*.json"))]
-
-
-def recorded_choices() -> dict[str, dict[str, float]]:
-    """strategy -> {family: chosen learning rate}, the latest recorded sweep of each strategy winning."""
-    chosen: dict[str, dict[str, float]] = {}
-    for record in recorded_sweeps():
-        for (family, strategy), lr in choices(record).items():
-            chosen.setdefault(strategy, {})[family] = lr
-    return chosen
-
-
-def table_rows(record: dict) -> list[dict]:
-    """One row per family, strategy and rate: validation loss and metric as Cells, and what was chosen."""
-    rows = []
-    for res in record["results"]:
-        for cell in res["cells"]:
-            lr = cell["lr"]
-            marks = [m for m, on in (("default", lr == res["default"]), ("chosen", lr == res["chosen"]),
-                                     ("best mean", lr == res["best"] and res["best"] != res["chosen"]),
-                                     ("at the grid's edge", lr == res["chosen"] and res["edge"])) if on]
-            if cell["diverged"]:
-                marks.append(f"diverged {cell['diverged']}/{cell['seeds']}")
-            rows.append({"family": res["family"], "task": res["task"], "strategy": res["strategy"], "lr": f"{lr:g}",
-                         "validation loss": _cell(cell.get("val_loss")), "metric": res["metric"],
-                         "validation score": _cell(cell.get(res["metric"])), "note": ", ".join(marks)})
-    return rows
-
-
-def choices(record: dict) -> dict[tuple[str, str], float | None]:
-    """(family, strategy) -> the chosen learning rate."""
-    return {(r["family"], r["strategy"]): r["chosen"] for r in record["results"]}
-
-
-def _cell(d: dict | None) -> SeedValues | str:
-    return SeedValues(tuple(d["values"])) if d else "-"
-
-
-def markdown(record: dict) -> str:
-    """The sweep as a Markdown page: how it was run, every cell, and the choices."""
-    s = record["settings"]
-    lines = [
-        "# Learning-rate sweep", "",
-        f"`{record['command']}`", "",
-        f"{len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}), {s['steps']} steps of batch {s['batch_size']}, "
-        f"on the validation split; base `{record['base']}`; started {record['started']}, took "
-        f"{record['seconds'] / 60:.1f} min on {record['machine']['processor']} ({record['machine']['cpus']} CPUs, "
-        f"{record['machine']['torch_threads']} torch threads, {record['machine']['device']}).", "",
-        f"Chosen by: {record['selection']}. Cells: mean ± sample sd over the seeds.", "",
-    ]
-    rows = table_rows(record)
-    cols = list(rows[0]) if rows else []
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-    lines += ["", "| family | strategy | current default | best mean | chosen | changes the default "
-              "| best mean vs default |", "|---|---|---|---|---|---|---|"]
-    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-    for res in record["results"]:
-        verdict = "-" if res["versus_default"] is None else res["versus_default"]["text"]
-        lines.append(f"| {res['family']} | {res['strategy']} | {fmt(res['default'])} | {fmt(res['best'])} | "
-                     f"{fmt(res['chosen'])}{' (grid edge)' if res['edge'] else ''} | "
-                     f"{'yes' if res['changed'] else 'no'} | {verdict} |")
-    return "\n".join(lines) + "\n"
-
-
-def changes(record: dict) -> list[str]:
-    """One line per default the sweep would change."""
-    return [f"{r['strategy']} on {r['family']} ({r['task']}): {r['default']:g} -> {r['chosen']:g}"
-            + (" (at the grid's edge: the best may lie further out)" if r["edge"] else "")
-            for r in record["results"] if r["changed"]]
-
-
-__all__ = ["FAMILIES", "RECORDED", "SweepSettings", "changes", "choices", "choose", "grid", "markdown", "read_sweep",
-           "recorded_choices", "recorded_sweeps", "run_sweep", "table_rows"]
+__all__ = ["FAMILIES", "MAX_EXTENSIONS", "SweepSettings", "choose", "edge_of", "grid", "run_sweep", "sweep_task"]

@@ -249,6 +249,13 @@ def _sizes(sizes: Mapping[str, int] | None, defaults: Mapping[str, int]) -> dict
     return out
 
 
+def task_kind(name: str) -> str:
+    """A built-in task's kind without drawing it: "classification" (labels to pick) or "generation"."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}: the built-in tasks are {TASKS}")
+    return "classification" if name in LABELS else "generation"
+
+
 def load_task(name: str, seed: int = 0, sizes: Mapping[str, int] | None = None,
               world: World | None = None) -> Task:
     """A built-in task (one of `TASKS`), drawn from `world` (default `build_world(seed)`)."""
@@ -263,7 +270,7 @@ def load_task(name: str, seed: int = 0, sizes: Mapping[str, int] | None = None,
     seen: set[str] = set()
     # test first, so its examples do not depend on how many train examples are asked for
     parts = {s: _draw_split(n[s], _draw_for(name, s), rng, world, labels, seen, name) for s in reversed(SPLITS)}
-    return Task(name, "classification" if labels else "generation", parts["train"], parts["validation"],
+    return Task(name, task_kind(name), parts["train"], parts["validation"],
                 parts["test"], labels=labels, stop="\n\n" if name == "code" else "\n")
 
 

@@ -44,7 +44,8 @@ class AdapterConfig:
     activation: str = "gelu"
     train_layernorm: bool = False
     name: ClassVar[str] = "adapter"
-    default_lr: ClassVar[float] = 1e-2  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[dict[str, float]] = {"classification": 0.01, "generation": 0.03}
 
     def __post_init__(self) -> None:
         check_count(self, "bottleneck")

@@ -47,7 +47,8 @@ class DoRAConfig(LowRankConfig):
     """LoRA's settings (rank, alpha, targets, ...); the magnitude vector comes with every adapted layer."""
 
     name: ClassVar[str] = "dora"
-    default_lr: ClassVar[float] = 1e-2  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[dict[str, float]] = {"classification": 0.01, "generation": 0.01}
 
 
 class DoRALinear(LoRALinear):

@@ -20,7 +20,8 @@ class FullConfig:
     """Full fine-tuning has no settings."""
 
     name: ClassVar[str] = "full"
-    default_lr: ClassVar[float] = 1e-3  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[dict[str, float]] = {"classification": 0.001, "generation": 0.003}
 
 
 def apply(model: nn.Module, config: FullConfig) -> nn.Module:

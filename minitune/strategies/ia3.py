@@ -38,7 +38,8 @@ class IA3Config:
     """(IA)3 has no settings: keys, values and the MLP's inner activation are rescaled in every block."""
 
     name: ClassVar[str] = "ia3"
-    default_lr: ClassVar[float] = 0.3  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[dict[str, float]] = {"classification": 0.3, "generation": 0.3}
 
 
 class IA3Linear(nn.Module):

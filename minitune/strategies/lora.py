@@ -76,7 +76,8 @@ class LoRAConfig(LowRankConfig):
     """LoRA's settings (see LowRankConfig)."""
 
     name: ClassVar[str] = "lora"
-    default_lr: ClassVar[float] = 1e-2  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[dict[str, float]] = {"classification": 0.01, "generation": 0.01}
     base_dtype: str | None = None  # "bfloat16": hold the frozen base in bf16 (None: as it was loaded)
 
     def __post_init__(self) -> None:

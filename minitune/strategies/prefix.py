@@ -47,7 +47,8 @@ class PrefixTuningConfig:
     n_tokens: int = 10
     hidden: int = 64  # a width to suit the small bases here
     name: ClassVar[str] = "prefix"
-    default_lr: ClassVar[float] = 1e-2  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[dict[str, float]] = {"classification": 0.01, "generation": 0.01}
 
     def __post_init__(self) -> None:
         check_count(self, "n_tokens")

@@ -38,7 +38,8 @@ class PromptTuningConfig:
     init_text: str | None = None
     tokenizer: str = "minitune"
     name: ClassVar[str] = "prompt"
-    default_lr: ClassVar[float] = 0.1  # chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
+    default_lr: ClassVar[dict[str, float]] = {"classification": 0.3, "generation": 0.3}
 
     def __post_init__(self) -> None:
         check_count(self, "n_tokens")

@@ -45,7 +45,7 @@ class QLoRAConfig(LowRankConfig):
     double_quant: bool = True
     name: ClassVar[str] = "qlora"
     # by task kind, each chosen on validation by `minitune sweep` (minitune/assets/sweep/)
-    default_lr: ClassVar[dict[str, float]] = {"classification": 1e-2, "generation": 1e-2}
+    default_lr: ClassVar[dict[str, float]] = {"classification": 0.01, "generation": 0.01}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -24,7 +24,7 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     assert capsys.readouterr().out == ""  # quiet by default: the lessons print one line per cell themselves
     assert set(first) == KEYS | {"label_loss"}
     assert (first["task"], first["strategy"], first["seed"], first["metric"]) == ("sentiment", "lora", 0, "accuracy")
-    assert first["lr"] == LoRAConfig.default_lr and first["base_intact"] is True
+    assert first["lr"] == LoRAConfig.default_lr["classification"] and first["base_intact"] is True
     assert first["train_seconds"] == first["history"][-1]["train_seconds"]
     best = min(first["history"], key=lambda r: r["val_loss"])  # the kept checkpoint is the best evaluation's
     assert first["best_val_loss"] == best["val_loss"] and first["general_ppl"] == best["general_ppl"]
@@ -46,7 +46,7 @@ def test_a_cell_is_trained_once_and_read_back_with_the_same_numbers(nano_run, tm
     again = shared_run(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path)
     assert first.pop("trained") and not again.pop("trained") and again == first
     named = shared_run(nano_run, "sentiment", LoRAConfig(r=2), 0, QUICK, general=general, cache=tmp_path,
-                      lr=LoRAConfig.default_lr)  # the default rate named is the same cell, in the same folder
+                      lr=LoRAConfig.default_lr["classification"])  # the default rate named is the same cell, in the same folder
     assert not named.pop("trained") and named == first
 
 
@@ -111,10 +111,11 @@ def test_the_key_changes_with_everything_the_numbers_depend_on(nano_run):
     key = lambda **kw: run_key(nano_run, kw.get("task", "qa"), kw.get("config", FullConfig()),  # noqa: E731
                                 kw.get("seed", 0), kw.get("budget", QUICK), kw.get("general", ["a"]), kw.get("lr"))
     base = key()
-    assert key() == base and key(lr=FullConfig.default_lr) == base  # the default rate, named or not
+    assert key() == base and key(lr=FullConfig.default_lr["generation"]) == base  # the default rate, named or not
     changed = [key(task="code"), key(config=LoRAConfig()), key(config=LoRAConfig(r=4)), key(seed=1),
                key(budget=Budget()), key(general=["b"]),
-               key(lr=3e-4)]
+               key(lr=FullConfig.default_lr["generation"] * 1.5),
+               key(lr=FullConfig.default_lr["classification"] * 1.5, task="sentiment")]
     assert base not in changed and len(set(changed)) == len(changed)
 
 

@@ -218,8 +218,8 @@ def test_a_lesson_corrects_its_cited_claims_and_keeps_its_own_questions_out(tmp_
     lesson.claim("marginal", "Paper B", close, SeedValues((0.38, 0.45, 0.42)), ("a", "b"))  # p 0.036
     lesson.claim("null", "Paper C", close, SeedValues((0.52, 0.60, 0.54)), ("a", "b"))  # not beyond noise
     lesson.claim("a question", "", close, weak, ("a", "b"), expect=None)  # not cited: not corrected
-    lesson.correct_for_multiplicity()
-    strong_c, marginal_c, null, question = lesson.results["claims"]
+    lesson.finish()  # corrects, then writes results.json
+    strong_c, marginal_c, null, question = json.loads((tmp_path / "results.json").read_text())["claims"]
     raw = marginal_c["comparison"]["p"]
     assert raw < ALPHA < 2 * raw  # beyond noise alone, not after doubling
     assert strong_c["verdict_holm"] == "agrees" and marginal_c["verdict_holm"] == "not told apart"
