@@ -35,6 +35,7 @@ from pathlib import Path
 
 from minitune.checkpoint import atomic_write, atomic_write_json
 from minitune.course.costs import strategy_costs, step_time_ms  # noqa: F401  (lessons import them from here)
+from minitune.course import pool
 from minitune.course.pool import WORKERS_VARIABLE, run_all, workers_wanted
 from minitune.course.plots import bar_groups, bar_seeds, plot_seeds  # noqa: F401  (lessons import them from here)
 from minitune.course.report import Claim, chapter_page, correct_cited, format_table, markdown_table, seeds_note
@@ -303,7 +304,8 @@ class Lesson:
             self.table(*table)
         seconds = time.perf_counter() - self.started
         m, n = machine(self.device), workers_wanted(self.workers)
-        workers = f"{n} worker{'s' if n > 1 else ''} of one torch thread"
+        workers = f"{n} worker{'s' if n > 1 else ''} of one torch thread" + (
+            f" ({pool.cut_to} for a while: the machine was busy)" if pool.cut_to else "")
         self.results.update(lesson=self.number, title=self.title, quick=self.quick, base=str(self.base),
                             device=self.device, seconds=round(seconds, 1), origins=dict(self.origins),
                             machine=f"{m['processor']}, {m['cpus']} CPUs, {workers}, torch {m['torch']}",

@@ -87,11 +87,12 @@ def busy_cores(seconds: float = 0.2) -> float | None:
 
 
 _checked: tuple[float, int] | None = None  # (when, workers) of the last look at the machine
+cut_to: int | None = None  # the fewest workers a busy machine left this process (None: never cut)
 
 
 def workers_to_use(workers: int | None = None, jobs: int | None = None) -> int:
     """Workers for a pool of `jobs` runs: as asked (workers_wanted), fewer if the machine is already busy."""
-    global _checked
+    global _checked, cut_to
     n = workers_wanted(workers)
     if jobs is not None:
         n = min(n, jobs)
@@ -104,6 +105,8 @@ def workers_to_use(workers: int | None = None, jobs: int | None = None) -> int:
             print(f"(the machine is already busy: other processes keep {busy:.1f} of {cores()} cores working; "
                   f"running {free} worker{'s' if free > 1 else ''}, not {n})", flush=True)
         _checked = (time.monotonic(), free)
+    if _checked[1] < n:
+        cut_to = min(cut_to or n, _checked[1])
     return min(n, _checked[1])
 
 

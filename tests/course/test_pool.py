@@ -124,14 +124,19 @@ def test_the_worker_count_is_checked_and_capped(monkeypatch):
         workers_wanted(0)
 
 
-def test_a_busy_machine_gets_fewer_workers_and_is_told(monkeypatch, capsys):
+def test_a_busy_machine_gets_fewer_workers_and_is_told(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(pool, "cores", lambda: 4)
+    monkeypatch.setattr(pool, "cut_to", None)
     monkeypatch.setattr(pool, "busy_cores", lambda seconds=0.2: 2.6)
     assert workers_to_use(4, jobs=10) == 1
     assert "already busy" in capsys.readouterr().out
     monkeypatch.setattr(pool, "_checked", None)
     monkeypatch.setattr(pool, "busy_cores", lambda seconds=0.2: 0.3)
     assert workers_to_use(4, jobs=3) == 3 and capsys.readouterr().out == ""  # no more workers than runs
+    # the lesson's record says the pool was cut, not only what was asked for
+    assert pool.cut_to == 1
+    results = Lesson(9, "test", quick=True, device="cpu", base=tmp_path, out=tmp_path, workers=4).finish()
+    assert "4 workers of one torch thread (1 for a while: the machine was busy)" in results["machine"]
 
 
 def test_the_lesson_counts_runs_done_in_workers(tmp_path):
