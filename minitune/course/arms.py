@@ -27,7 +27,7 @@ def split_arms(text: str) -> tuple[str, ...]:
 
 def arm(spec: str) -> tuple[str, dict]:
     """A swept arm: a strategy's name, alone ("lora", its default config) or with settings that replace the
-    defaults, "lora(r=4, targets=c_attn+mlp.c_fc)": numbers are read as numbers, '+' joins a tuple."""
+    defaults, "lora(r=4, targets=c_attn+mlp.c_fc)": numbers and true/false are read as such, '+' joins targets."""
     m = re.fullmatch(r"\s*([a-z0-9]+)\s*(?:\((.*)\))?\s*", spec)
     if not m or m[1] not in STRATEGIES:
         raise ConfigError(f"{spec!r} is not a strategy among {sorted(STRATEGIES)}, alone or as name(key=value, ...)")
@@ -36,7 +36,7 @@ def arm(spec: str) -> tuple[str, dict]:
         key, eq, value = (t.strip() for t in part.partition("="))
         if not eq or not key.isidentifier() or not value:
             raise ConfigError(f"in {spec!r}: {part!r} is not key=value")
-        fields[key] = tuple(value.split("+")) if "+" in value or key == "targets" else _number(value)
+        fields[key] = tuple(value.split("+")) if key == "targets" else _number(value)
     try:
         STRATEGIES[m[1]][0](**fields)
     except TypeError as e:

@@ -117,6 +117,8 @@ def test_a_rate_with_a_diverged_seed_cannot_be_chosen():
     ("lora(r=4, targets=c_attn+mlp.c_fc)", ("lora", {"r": 4, "targets": ("c_attn", "mlp.c_fc")})),
     (" lora ( targets = c_attn , alpha = 32 ) ", ("lora", {"targets": ("c_attn",), "alpha": 32})),
     ("dora(dropout=0.1, rslora=true, init=gaussian)", ("dora", {"dropout": 0.1, "rslora": True, "init": "gaussian"})),
+    ("lora(rslora=False)", ("lora", {"rslora": False})),
+    ("prompt(init=text, init_text=a+b=c)", ("prompt", {"init": "text", "init_text": "a+b=c"})),  # only the first '='
 ])
 def test_an_arm_is_a_strategy_with_the_settings_it_names(spec, expected):
     # Catches: a one-name targets left a string (which would match every layer ending in a letter of it).
