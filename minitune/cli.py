@@ -109,7 +109,8 @@ def _sweep(args: argparse.Namespace) -> None:
              "families": names(args.families) if args.families else None,
              "tasks": names(args.tasks) if args.tasks else None,
              "seeds": tuple(int(s) for s in names(args.seeds)) if args.seeds else None,
-             "steps": args.steps, "span": args.span}
+             "steps": args.steps, "span": args.span, "batch_size": args.batch_size,
+             "evals": args.evals}
     settings = SweepSettings.for_mode(args.quick, **{k: v for k, v in given.items() if v is not None})
     base = default_base(args.quick, args.base, quiet=args.quick)
     record = run_sweep(base, settings, args.out, args.device, workers=args.workers)  # records the command, every setting spelled out
@@ -221,6 +222,9 @@ def parser() -> argparse.ArgumentParser:
                     "(sentiment, qa); a recipe or another task's choice is recorded, never a package default")
     sw.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2)")
     sw.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 160)")
+    sw.add_argument("--batch-size", type=int, default=None, help="examples per step (default: 16)")
+    sw.add_argument("--evals", type=int, default=None, help="validation evaluations per run, each kept in the "
+                    "record as the run's curve (default: 4)")
     sw.add_argument("--span", type=int, default=None, help="ladder rungs each side of the default (default: 1)")
     sw.add_argument("--device", default="auto")
     sw.add_argument("--workers", type=int, default=None, help="runs side by side, one torch thread each "

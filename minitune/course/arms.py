@@ -44,6 +44,24 @@ def arm(spec: str) -> tuple[str, dict]:
     return m[1], fields
 
 
+def arm_config(spec: str):
+    """The config an arm runs: its strategy's defaults with the arm's settings in place."""
+    name, fields = arm(spec)
+    return STRATEGIES[name][0](**fields)
+
+
+def arm_label(spec: str) -> str:
+    """How a lesson names an arm: "full FT", or a low-rank strategy with its recipe ("LoRA r 8 on c_attn")."""
+    config = arm_config(spec)
+    if config.name == "full":
+        return "full FT"
+    recipe = getattr(config, "recipe", None)
+    return f"{LABELS.get(config.name, config.name)} {recipe}" if recipe else spec
+
+
+LABELS = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA"}
+
+
 def _number(text: str):
     for kind in (int, float):
         try:

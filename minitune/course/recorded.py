@@ -28,6 +28,38 @@ def recorded_sweeps() -> list[dict]:
     return [read_json(path) for path in sorted(RECORDED.glob("*.json"))]
 
 
+def recorded_evidence(folder: str) -> list[dict]:
+    """The sweeps shipped in assets/sweep/<folder>/ (recipes, other tasks, other budgets), oldest first:
+    evidence a lesson reads and shows as recorded, never a package default."""
+    found = sorted((RECORDED / folder).glob("*.json"))
+    if not found:
+        raise FileNotFoundError(f"no recorded sweep in {RECORDED / folder}")
+    return [read_json(path) for path in found]
+
+
+def chosen_cells(record: dict) -> dict[tuple[str, str], dict]:
+    """(task, arm) -> its sweep result at a glance: the chosen rate, whether it sat at the grid's edge, the
+    rates within noise of it, and the validation loss and metric at every rate tried (rate -> SeedValues)."""
+    out = {}
+    for r in record["results"]:
+        cells = {c["lr"]: c for c in r["cells"] if not c["diverged"]}
+        out[r["task"], r["strategy"]] = {
+            "chosen": r["chosen"], "edge": r["edge"], "tied": tuple(r["tied"]), "metric": r["metric"],
+            "grid": tuple(r["grid"]), "val loss": {lr: _cell(c["val_loss"]) for lr, c in cells.items()},
+            "score": {lr: _cell(c[r["metric"]]) for lr, c in cells.items()}}
+    return out
+
+
+def recorded_curves(record: dict, task: str, arm: str, lr: float, column: str = "val_loss") -> list[list[tuple]]:
+    """Each seed's curve of one arm at one rate: [(step, loss), ...] per seed, column "val_loss" or
+    "train_loss" (a sweep keeps [step, training loss, validation loss] at every evaluation)."""
+    at = {"train_loss": 1, "val_loss": 2}[column]
+    runs = [r for r in record["runs"] if (r["task"], r["strategy"], r["lr"]) == (task, arm, lr) and not r["diverged"]]
+    if not runs or any("curve" not in r for r in runs):
+        raise KeyError(f"the record keeps no curves of {arm} on {task} at lr {lr:g}")
+    return [[(point[0], point[at]) for point in r["curve"] if point[at] is not None] for r in runs]
+
+
 def recorded_results() -> dict[tuple[str, str], dict]:
     """(family, strategy) -> the latest recorded sweep's result for it. Only a strategy's own config on its
     family's task counts: a recipe ("lora(r=4)") or another task is evidence, never a package default."""
@@ -106,5 +138,5 @@ def changes(record: dict) -> list[str]:
             for r in record["results"] if r["changed"]]
 
 
-__all__ = ["RECORDED", "SWEEP_JSON", "SWEEP_MD", "changes", "choices", "markdown", "read_sweep", "recorded_choices",
-           "recorded_results", "recorded_sweeps", "table_rows"]
+__all__ = ["RECORDED", "SWEEP_JSON", "SWEEP_MD", "changes", "choices", "chosen_cells", "markdown", "read_sweep",
+           "recorded_choices", "recorded_curves", "recorded_evidence", "recorded_results", "recorded_sweeps", "table_rows"]

@@ -171,8 +171,9 @@ def curve(runs: SeedRuns, starts: Sequence[float]) -> list[list[tuple[int, float
 
 
 def draw_curves(ax, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], title: str,
-                base_loss: float | None = None) -> None:
-    """Validation loss against step, one line (mean ± sd, every seed a dot) per setting."""
+                base_loss: float | None = None, ylabel: str = "validation loss") -> None:
+    """A loss against step (validation unless `ylabel` says otherwise), one line (mean ± sd, every seed a
+    dot) per setting."""
     for name, histories in curves.items():
         xs, points = curve_over_seeds(histories)
         plot_seeds(ax, xs, points, label=name, marker=".")
@@ -180,7 +181,7 @@ def draw_curves(ax, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]],
         ax.axhline(base_loss, color="grey", ls=":", label="the base, before training")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("validation loss")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.set_title(title)
 

@@ -6,7 +6,8 @@ family, on one task of the family (classification: sentiment; generation: qa, fa
 
     grid     the strategy's current default rate for the family with `span` neighbours each side on the
              1-3-10 ladder (... 1e-3, 3e-3, 1e-2 ...): with span 1, three rates about 3x (half a decade) apart
-    runs     every rate with every seed (default three), the same steps, batch size and data
+    runs     every rate with every seed (default three), the same steps, batch size and data; each run's
+             evaluations are kept as its curve: [step, training loss, validation loss]
     score    the validation loss: mean cross-entropy per answer token on the validation split (never
              test), at the checkpoint fine-tuning keeps (the lowest of its evaluations). It is the
              objective itself, continuous, and does not saturate the way accuracy does once most
@@ -168,10 +169,11 @@ def run_point(base: Path, task, config, lr: float, seed: int, settings: SweepSet
         except TrainingError as e:  # a non-finite loss: this rate is too large for this strategy
             return {"diverged": True, "val_loss": None, metric: None, "seconds": time.perf_counter() - t0,
                     "error": str(e).splitlines()[0]}
-        val_loss = read_json(out / RUN)["best_val_loss"]
+        record = read_json(out / RUN)
     scores = evaluate_task(model, enc, task, "validation", limit=settings.val_limit, device=device)
-    return {"diverged": False, "val_loss": val_loss, metric: scores[metric], "n_validation": scores["n"],
-            "seconds": time.perf_counter() - t0}
+    curve = [[h["step"], h["train_loss"], h["val_loss"]] for h in record["history"]]
+    return {"diverged": False, "val_loss": record["best_val_loss"], metric: scores[metric], "n_validation": scores["n"],
+            "curve": curve, "seconds": time.perf_counter() - t0}
 
 
 # --- choosing -------------------------------------------------------------------------------------------------
@@ -302,7 +304,8 @@ def describe_command(settings: SweepSettings, base: Path, out: Path, device: str
     parts = ["minitune sweep"] + (["--quick"] if settings.quick else [])
     parts += [f"--base {base}", f"--out {out}", f"--strategies {shlex.quote(','.join(settings.strategies))}",
               f"--tasks {','.join(settings.tasks)}" if settings.tasks else f"--families {','.join(settings.families)}", f"--seeds {','.join(map(str, settings.seeds))}",
-              f"--steps {settings.steps}", f"--span {settings.span}", f"--device {device}"]
+              f"--steps {settings.steps}", f"--batch-size {settings.batch_size}", f"--evals {settings.evals}",
+              f"--span {settings.span}", f"--device {device}"]
     return " ".join(parts)
 
 

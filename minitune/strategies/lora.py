@@ -38,6 +38,9 @@ from minitune.errors import ConfigError, TrainingError, is_number
 from minitune.strategies.targets import check_count, check_flag, checked_targets, freeze, wrap
 
 
+ALL_LINEAR = ("c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every linear layer of a GPT-2 block
+
+
 @dataclass
 class LowRankConfig:
     """Rank r, scale alpha, dropout on the low-rank path, which linear layers to adapt, rsLoRA scaling, A's init.
@@ -69,6 +72,12 @@ class LowRankConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+
+    @property
+    def recipe(self) -> str:
+        """Where and how large the update is, in a few words: "r 8 on all four linear layers", "r 8 on c_attn"."""
+        where = "all four linear layers" if set(self.targets) == set(ALL_LINEAR) else " + ".join(self.targets)
+        return f"r {self.r}{' (rsLoRA)' if self.rslora else ''} on {where}"
 
 
 @dataclass

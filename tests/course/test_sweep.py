@@ -7,12 +7,13 @@ import math
 import pytest
 
 from minitune.course import sweep as sweep_module
-from minitune.course.arms import arm, split_arms
+from minitune.course.arms import arm, arm_config, arm_label, split_arms
 from minitune.cli import main
 from minitune.data.tasks import load_task
 from minitune.errors import ConfigError
 from minitune.course import recorded
-from minitune.course.recorded import choices, read_sweep, table_rows
+from minitune.course.recorded import (chosen_cells, choices, read_sweep, recorded_curves, recorded_evidence,
+                                      table_rows)
 from minitune.course.sweep import SweepSettings, choose, grid, run_sweep, sweep_task
 
 
@@ -139,6 +140,20 @@ def test_arms_split_on_commas_outside_their_parentheses():
         "full", "lora(r=4, targets=c_attn+mlp.c_fc)", "prompt")
 
 
+@pytest.mark.parametrize("spec, label", [
+    ("full", "full FT"), ("lora", "LoRA r 8 on c_attn"),
+    ("lora(r=2, targets=mlp.c_proj+c_attn+attn.c_proj+mlp.c_fc)", "LoRA r 2 on all four linear layers"),
+    ("lora(targets=mlp.c_fc+mlp.c_proj)", "LoRA r 8 on mlp.c_fc + mlp.c_proj"),
+    ("dora(r=4, rslora=true)", "DoRA r 4 (rsLoRA) on c_attn"), ("qlora(r=16)", "QLoRA r 16 on c_attn"),
+    ("adapter(bottleneck=8)", "adapter(bottleneck=8)"),
+])
+def test_an_arm_is_named_by_its_recipe(spec, label):
+    # Catches: a label that drops the rank or the targets (two recipes would read as one "LoRA"), or names
+    # all four layers only in one order.
+    assert arm_label(spec) == label
+    assert arm_config(spec).name == arm(spec)[0]
+
+
 def test_a_recipe_sweep_on_other_tasks_trains_each_recipe_and_never_sets_a_default(monkeypatch, tmp_path):
     # Catches: a recipe's settings dropped (every arm would train the default), tasks beyond the families'
     # own ignored, or a recipe's rate read back as the strategy's package default.
@@ -163,6 +178,48 @@ def test_a_recipe_sweep_on_other_tasks_trains_each_recipe_and_never_sets_a_defau
     assert "--tasks code,summarization" in record["command"] and "'lora(r=1, " in record["command"]
     monkeypatch.setattr(recorded, "RECORDED", tmp_path / "out")
     assert recorded.recorded_choices() == {}  # recipes and other tasks are evidence, never a package default
+
+
+def test_recorded_cells_and_curves_read_back_what_the_sweep_ran(monkeypatch, tmp_path):
+    # Catches: cells read at the wrong rate or arm, a curve taken from another seed's or rate's run, a
+    # training-loss column read as validation, or a folder of no records read as no evidence.
+    def fake(base, task, config, lr, seed, settings, device):
+        loss = abs(math.log10(lr) + 2) + 0.01 * seed + 0.1 * config.r
+        return {"diverged": False, "val_loss": loss, "pass@1": 0.1 * seed, "n_validation": 1, "seconds": 0.0,
+                "curve": [[1, None, loss + 1], [2, 10 * loss, loss]]}
+
+    monkeypatch.setattr(sweep_module, "run_point", fake)
+    monkeypatch.setattr(sweep_module, "sweep_task", lambda name, settings: load_task(name))
+    settings = SweepSettings(strategies=("lora(r=1)", "lora(r=2)"), tasks=("code",))
+    record = run_sweep(tmp_path, settings, tmp_path / "out", device="cpu", workers=1)
+    cells = chosen_cells(record)
+    assert set(cells) == {("code", "lora(r=1)"), ("code", "lora(r=2)")}
+    c = cells["code", "lora(r=2)"]
+    assert c["chosen"] == 1e-2 and not c["edge"] and c["metric"] == "pass@1" and c["grid"] == (3e-3, 1e-2, 3e-2)
+    assert c["val loss"][1e-2].values == pytest.approx((0.2, 0.21, 0.22))
+    assert c["score"][3e-3].values == pytest.approx((0.0, 0.1, 0.2))
+    val = recorded_curves(record, "code", "lora(r=2)", 3e-3)
+    assert [[step for step, _ in seed] for seed in val] == [[1, 2]] * 3
+    assert val[1][1][1] == pytest.approx(abs(math.log10(3e-3) + 2) + 0.01 + 0.2)
+    train = recorded_curves(record, "code", "lora(r=2)", 3e-3, "train_loss")
+    assert train == [[(2, pytest.approx(10 * seed[1][1]))] for seed in val]  # the None point is left out
+    with pytest.raises(KeyError):
+        recorded_curves(record, "code", "lora(r=2)", 0.5)
+    (tmp_path / "evidence" / "x").mkdir(parents=True)
+    (tmp_path / "evidence" / "x" / "2-b.json").write_text(json.dumps(record))
+    (tmp_path / "evidence" / "x" / "1-a.json").write_text(json.dumps({**record, "command": "first"}))
+    monkeypatch.setattr(recorded, "RECORDED", tmp_path / "evidence")
+    assert [r["command"] for r in recorded_evidence("x")] == ["first", record["command"]]  # oldest first
+    with pytest.raises(FileNotFoundError):
+        recorded_evidence("y")
+
+
+def test_the_recorded_recipe_sweeps_bracket_every_choice():
+    # The evidence lesson 3 reads: each recipe's chosen rate has a worse rate on both sides (or the sweep
+    # ran out of extensions, which the record then shows). Catches a record made before the grid extended.
+    for record in recorded_evidence("lora-recipes"):
+        for r in record["results"]:
+            assert not r["edge"] or r["extensions"] == sweep_module.MAX_EXTENSIONS, (r["task"], r["strategy"])
 
 
 def test_settings_refuse_what_cannot_measure_noise():
@@ -195,7 +252,8 @@ def test_quick_sweep_through_the_cli_records_everything(nano_run, tmp_path, monk
     monkeypatch.setattr(sweep_module, "evaluate_task",
                         lambda *a, **k: splits.append(a[3] if len(a) > 3 else k["split"]) or real(*a, **k))
     out = tmp_path / "sweep"
-    assert main(["sweep", "--quick", "--base", str(nano_run), "--out", str(out), "--workers", "1"]) == 0  # here: counted
+    assert main(["sweep", "--quick", "--base", str(nano_run), "--out", str(out), "--workers", "1",
+                 "--batch-size", "8", "--evals", "2"]) == 0  # here: counted
     record = json.loads((out / "sweep.json").read_text())
     assert (out / "sweep.md").is_file() and read_sweep(out) == record
     s = SweepSettings.for_mode(True)
@@ -209,6 +267,9 @@ def test_quick_sweep_through_the_cli_records_everything(nano_run, tmp_path, monk
         assert len(res["grid"]) == len(first) + res["extensions"] and res["chosen"] in res["grid"]
     assert {"command", "settings", "machine", "started", "seconds", "base"} <= set(record)
     assert record["settings"]["seeds"] == list(s.seeds) and record["settings"]["steps"] == s.steps
+    assert record["settings"]["batch_size"] == 8 and "--batch-size 8 --evals 2" in record["command"]
+    for r in record["runs"]:  # two evaluations, the last at the final step: the run's curve
+        assert r["diverged"] or [point[0] for point in r["curve"]] == [s.steps // 2, s.steps]
     rows = table_rows(record)
     assert len(rows) == sum(len(res["grid"]) for res in record["results"])
     assert all(rows[0].keys() == r.keys() for r in rows)  # one shape: a lesson can print them as a table
