@@ -38,6 +38,7 @@ def strategy_from_args(args: argparse.Namespace):
     )
 
     low_rank = dict(r=args.r, alpha=args.alpha, dropout=args.lora_dropout, rslora=args.rslora,
+                    train_embedding=args.train_embedding,
                     targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()))
     n_tokens = {} if args.n_tokens is None else {"n_tokens": args.n_tokens}  # each strategy has its own default
     if args.strategy == "full":
@@ -178,6 +179,8 @@ def parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-dropout", type=float, default=0.0)
     lora.add_argument("--targets", default="c_attn", help="comma-separated: c_attn, attn.c_proj, c_fc, mlp.c_proj")
     lora.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
+    lora.add_argument("--train-embedding", action="store_true",
+                      help="also train the token embedding (and the output head tied to it), as PEFT's modules_to_save")
     lora.add_argument("--quant-block", type=int, default=64, help="QLoRA: weights per NF4 absmax block")
     lora.add_argument("--no-double-quant", action="store_true", help="QLoRA: keep the absmaxes in float32")
     ad = ft.add_argument_group("adapters")

@@ -171,6 +171,11 @@ def save_peft_lora(model: nn.Module, path: str | Path, base_model_name_or_path: 
     config = getattr(model, "strategy", None)
     if not isinstance(config, LoRAConfig):
         raise ConfigError("save_peft_lora needs a model with LoRA applied (apply_strategy(model, LoRAConfig(...)))")
+    if config.train_embedding:
+        raise ConfigError("this LoRA also trained the token embedding, which GPT-2 ties to its output head; a PEFT "
+                          "LoRA folder here carries only the low-rank factors, so the embedding would be lost. "
+                          "Save it with minitune.strategies.save_trainable, or merge it into a full model "
+                          "(merged_state_dict, save_hf_gpt2)")
     tensors = {}
     for name, layer in lora_layers(model).items():
         tensors[_peft_key(name, "A")] = layer.lora_A.detach().float()  # [r, in]

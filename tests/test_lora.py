@@ -23,7 +23,7 @@ from minitune.strategies import LoRAConfig, apply_strategy, merge, unmerge
 from minitune.strategies.lora import LoRALinear, lora_layers, merged_state_dict
 from minitune.train import TrainConfig, train
 from strategy_cases import (
-    D, L, base, base_weights_close, hf_logits, hf_model, ids, logits, lora_model, perturb_trainable, random_bases,
+    D, L, V, base, base_weights_close, hf_logits, hf_model, ids, logits, lora_model, perturb_trainable, random_bases,
     random_configs, random_gpt, random_ids, report_diff,
 )
 
@@ -112,6 +112,33 @@ def test_lora_wraps_exactly_the_named_targets(data):
     assert all(f"r={config.r}," in repr(layer) for layer in lora_layers(model).values())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         f"{layer}.lora_{ab}" for layer in expected for ab in "AB"}
+
+
+def test_a_trained_embedding_is_the_tied_embedding_and_nothing_else_of_the_base(tmp_path):
+    """Catches an embedding left frozen (the flag ignored), an output head untied from it (two tensors, one
+    trained), any other base tensor let loose, a saved file without the embedding, or a PEFT export that
+    silently drops it."""
+    from minitune.data.batches import TokenStream
+    from minitune.strategies import load_trainable, save_trainable, trainable_parameters
+
+    plain = random_gpt()
+    model = apply_strategy(copy.deepcopy(plain), LoRAConfig(r=2, targets=("c_attn",), train_embedding=True))
+    assert model.lm_head.weight is model.transformer.wte.weight and model.transformer.wte.weight.requires_grad
+    lora = {f"{n}.lora_{ab}" for n in lora_layers(model) for ab in "AB"}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == lora | {"transformer.wte.weight"}
+    assert trainable_parameters(model)[0] == L * 2 * (D + 3 * D) + V * D
+    assert "embedding trained" in model.strategy.recipe
+    data = TokenStream(ids(T=300)[0].numpy(), block_size=16, batch_size=2)
+    train(model, data, None, TrainConfig(max_steps=2, lr=1e-2, warmup_steps=0, device="cpu", quiet=True))
+    after = dict(model.named_parameters())
+    for name, p in plain.named_parameters():
+        moved = not torch.equal(after[name].detach(), p.detach())
+        assert moved == (name in ("transformer.wte.weight", "lm_head.weight")), name
+    save_trainable(model, tmp_path / "run")
+    loaded = load_trainable(copy.deepcopy(plain), tmp_path / "run")
+    assert torch.equal(logits(loaded.eval()), logits(model.eval()))
+    with pytest.raises(ConfigError, match="embedding"):
+        save_peft_lora(model, tmp_path / "peft")
 
 
 def test_lora_dropout_drops_the_lora_input_in_training_and_nothing_in_eval():

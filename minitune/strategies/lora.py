@@ -8,6 +8,8 @@ A frozen weight W (out x in) gets a trainable update of rank at most r, kept as 
               └─ drop ─ A ─ B ─ *s ┴─(+)── y
 
     trainable per adapted layer:  r * (in + out)        (W has in * out)
+                                  + vocab x d for the token embedding with train_embedding (PEFT's
+                                  modules_to_save), which also trains the output head tied to it
     initialisation:  A ~ Kaiming-uniform (as nn.Linear), or with init="gaussian" A ~ N(0, (1/r)^2) (standard
                      deviation 1/r); B = 0, so B A = 0 and the model starts as the base; the first step
                      moves B only (A's gradient is B^T(...) = 0), then both.
@@ -54,6 +56,8 @@ class LowRankConfig:
     targets: tuple[str, ...] = ("c_attn",)
     rslora: bool = False
     init: str = "kaiming"  # or "gaussian" (A ~ N(0, (1/r)^2): standard deviation 1/r)
+    train_embedding: bool = False  # also train the token embedding (tied to the output head), as PEFT's
+                                   # modules_to_save: rows for words the base never learned
 
     def __post_init__(self) -> None:
         me = type(self).__name__
@@ -66,6 +70,7 @@ class LowRankConfig:
         if not self.targets:
             raise ConfigError(f"{me}.targets must name at least one layer, e.g. ('c_attn',)")
         check_flag(self, "rslora")
+        check_flag(self, "train_embedding")
         if self.init not in ("kaiming", "gaussian"):
             raise ConfigError(f"{me}.init must be 'kaiming' or 'gaussian', got {self.init!r}")
 
@@ -77,7 +82,8 @@ class LowRankConfig:
     def recipe(self) -> str:
         """Where and how large the update is, in a few words: "r 8 on all four linear layers", "r 8 on c_attn"."""
         where = "all four linear layers" if set(self.targets) == set(ALL_LINEAR) else " + ".join(self.targets)
-        return f"r {self.r}{' (rsLoRA)' if self.rslora else ''} on {where}"
+        return (f"r {self.r}{' (rsLoRA)' if self.rslora else ''} on {where}"
+                + (", embedding trained" if self.train_embedding else ""))
 
 
 @dataclass
@@ -163,7 +169,8 @@ class LoRALinear(nn.Module):
 
 def apply(model: nn.Module, config: LowRankConfig, layer_class: type[LoRALinear] | None = None,
           kinds: tuple[type, ...] = (nn.Linear,)) -> nn.Module:
-    """Freeze the model and wrap every linear layer named by config.targets in a LoRALinear.
+    """Freeze the model and wrap every linear layer named by config.targets in a LoRALinear (and with
+    config.train_embedding let the token embedding train).
 
     DoRA and QLoRA pass their own subclass of LoRALinear (and QLoRA the kind of layer it wraps).
     """
@@ -172,6 +179,8 @@ def apply(model: nn.Module, config: LowRankConfig, layer_class: type[LoRALinear]
     freeze(model)
     for name in chosen:
         wrap(model, name, lambda layer: layer_class(layer, config.r, config.scaling, config.dropout, config.init))
+    if config.train_embedding:  # one tensor: GPT-2's output head is the embedding, so both train
+        model.transformer.wte.weight.requires_grad = True
     if getattr(config, "base_dtype", None) is not None:  # LoRAConfig's option; DoRA and QLoRA have none
         hold_frozen_in(model, getattr(torch, config.base_dtype))
     return model
